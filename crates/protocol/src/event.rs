@@ -1,0 +1,224 @@
+//! Server-to-client frames: the payload of each event type and the one encoder.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{ErrorKind, Ref, now_millis};
+
+/// Encodes `{"type": kind, "data": data, "ref": reference}` as JSON text.
+pub fn encode<T: Serialize + ?Sized>(kind: &str, data: &T, reference: Option<&Ref>) -> String {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"{\"type\":");
+    // Type names are fixed ASCII identifiers; serializing still escapes a custom one.
+    serde_json::to_writer(&mut out, kind).expect("a str serializes");
+    out.extend_from_slice(b",\"data\":");
+    serde_json::to_writer(&mut out, data).expect("event payloads serialize");
+    if let Some(r) = reference {
+        out.extend_from_slice(b",\"ref\":");
+        serde_json::to_writer(&mut out, r).expect("a ref serializes");
+    }
+    out.push(b'}');
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// Encodes an `error` event.
+pub fn encode_error(err: &ErrorKind, reference: Option<&Ref>) -> String {
+    encode(
+        "error",
+        &ErrorData {
+            message: err.to_string(),
+            code: err.code().to_string(),
+            timestamp: now_millis(),
+        },
+        reference,
+    )
+}
+
+/// A user as other clients see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserInfo {
+    pub id: String,
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Connected {
+    pub client_id: String,
+    pub user: UserInfo,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Pong {
+    pub timestamp: u64,
+}
+
+/// Another connection in a room, addressable by WebRTC signals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Peer {
+    pub peer_id: String,
+    pub user: UserInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomJoined {
+    pub room_id: String,
+    pub timestamp: u64,
+    /// Distinct users with a connection in the room, the joiner included.
+    pub members: Vec<UserInfo>,
+    /// The room's other connections.
+    pub peers: Vec<Peer>,
+    /// With `since`: whether every missed message follows. `false` means the gap was
+    /// larger than the server replays; load it with `history`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserJoined {
+    pub user: UserInfo,
+    pub timestamp: u64,
+}
+
+/// `user_joined_room` and `user_left_room`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomMembership {
+    pub user: UserInfo,
+    pub room_id: String,
+    pub peer_id: String,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomLeft {
+    pub room_id: String,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewMessage {
+    pub id: String,
+    pub room_id: String,
+    pub sender: UserInfo,
+    pub content: Value,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub metadata: Value,
+    pub timestamp: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ack {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingStatus {
+    pub user: UserInfo,
+    pub room_id: String,
+    pub is_typing: bool,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Recipient {
+    pub id: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PrivateMessage {
+    pub id: String,
+    pub sender: UserInfo,
+    pub recipient: Recipient,
+    pub content: Value,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct History {
+    pub room_id: String,
+    pub messages: Vec<NewMessage>,
+}
+
+/// `rtc_offer`, `rtc_answer`, `rtc_ice_candidate` as the target receives them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RtcRelay {
+    pub sender_peer_id: String,
+    pub payload: Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserDisconnected {
+    pub user: UserInfo,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SystemMessage {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub content: Value,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Notification {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub message: Value,
+    pub timestamp: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorData {
+    pub message: String,
+    pub code: String,
+    pub timestamp: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encode_shape() {
+        let s = encode(
+            "pong",
+            &Pong { timestamp: 5 },
+            Some(&Ref::String("r".into())),
+        );
+        assert_eq!(s, r#"{"type":"pong","data":{"timestamp":5},"ref":"r"}"#);
+        let s = encode("pong", &Pong { timestamp: 5 }, None);
+        assert_eq!(s, r#"{"type":"pong","data":{"timestamp":5}}"#);
+    }
+
+    #[test]
+    fn error_shape() {
+        let v: Value = serde_json::from_str(&encode_error(
+            &ErrorKind::NotInRoom,
+            Some(&Ref::Number(1.into())),
+        ))
+        .unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["data"]["message"], "Not in room");
+        assert_eq!(v["data"]["code"], "not_in_room");
+        assert_eq!(v["ref"], 1);
+    }
+}

@@ -1,0 +1,400 @@
+//! Client-to-server frames: parsing and validation.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use crate::{ErrorKind, HISTORY_MAX_LIMIT, is_valid_room_id};
+
+/// A client's correlation id: echoed on every reply or error its request causes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Ref {
+    Number(serde_json::Number),
+    String(String),
+}
+
+/// One parsed client frame. A frame whose envelope is fine but whose payload is not
+/// still carries its `ref`, so the error can be correlated.
+#[derive(Debug)]
+pub struct Frame {
+    pub reference: Option<Ref>,
+    pub request: Result<Request, ErrorKind>,
+}
+
+/// A validated client request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Ping,
+    JoinRoom(JoinRoom),
+    LeaveRoom {
+        room_id: String,
+    },
+    SendMessage(SendMessage),
+    Typing {
+        room_id: String,
+        is_typing: bool,
+    },
+    SendPrivateMessage(SendPrivateMessage),
+    UpdateStatus {
+        status: String,
+    },
+    ShareFile {
+        room_id: String,
+        file_id: String,
+    },
+    History(HistoryQuery),
+    Rtc(RtcSignal),
+    /// A type the protocol does not define: for a registered custom handler.
+    Custom {
+        kind: String,
+        data: Value,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinRoom {
+    pub room_id: String,
+    /// Leave every other joined room first (the personal room stays).
+    pub exclusive: bool,
+    /// The last offset the client saw: every later message is replayed.
+    pub since: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendMessage {
+    pub room_id: String,
+    pub content: Value,
+    pub kind: String,
+    pub metadata: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendPrivateMessage {
+    pub recipient_id: String,
+    pub content: Value,
+    pub kind: String,
+}
+
+/// `history`: the newest `limit` before `before`, or the oldest `limit` after `since`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryRange {
+    Before(u64),
+    Since(u64),
+    Latest,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryQuery {
+    pub room_id: String,
+    pub range: HistoryRange,
+    pub limit: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtcKind {
+    Offer,
+    Answer,
+    IceCandidate,
+}
+
+impl RtcKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RtcKind::Offer => "rtc_offer",
+            RtcKind::Answer => "rtc_answer",
+            RtcKind::IceCandidate => "rtc_ice_candidate",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RtcSignal {
+    pub kind: RtcKind,
+    pub target_peer_id: String,
+    pub payload: Value,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(rename = "ref", default)]
+    reference: Option<Ref>,
+}
+
+/// Every payload field any request uses; each type reads the ones it needs. Unknown
+/// fields are ignored, as additions to the protocol must be.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", default)]
+struct Payload {
+    room_id: Option<String>,
+    exclusive: Option<bool>,
+    since: Option<u64>,
+    before: Option<u64>,
+    limit: Option<u32>,
+    content: Option<Value>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    metadata: Option<Value>,
+    is_typing: Option<bool>,
+    recipient_id: Option<String>,
+    status: Option<String>,
+    file_id: Option<String>,
+    target_peer_id: Option<String>,
+    payload: Option<Value>,
+}
+
+impl Frame {
+    /// Parses one text frame. `Err` only when the envelope itself is unusable, which
+    /// the protocol answers with `Invalid message format` and no `ref`.
+    pub fn parse(text: &str) -> Result<Frame, ErrorKind> {
+        let env: Envelope<'_> = serde_json::from_str(text).map_err(|_| ErrorKind::InvalidFormat)?;
+        let request = Request::from_parts(&env.kind, env.data);
+        Ok(Frame {
+            reference: env.reference,
+            request,
+        })
+    }
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+fn has_content(v: &Option<Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) => !s.is_empty(),
+        Some(_) => true,
+    }
+}
+
+fn room(id: Option<String>, missing: ErrorKind) -> Result<String, ErrorKind> {
+    let id = non_empty(id).ok_or(missing)?;
+    if is_valid_room_id(&id) {
+        Ok(id)
+    } else {
+        Err(ErrorKind::InvalidRoomId)
+    }
+}
+
+/// serde's message without its "at line 1 column 9" tail, which means nothing to a
+/// client that sent one frame.
+fn payload_error(e: serde_json::Error) -> ErrorKind {
+    let text = e.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text).to_string();
+    ErrorKind::InvalidPayload(text)
+}
+
+impl Request {
+    fn from_parts(kind: &str, data: Option<&RawValue>) -> Result<Request, ErrorKind> {
+        let known = matches!(
+            kind,
+            "ping"
+                | "join_room"
+                | "leave_room"
+                | "send_message"
+                | "typing"
+                | "send_private_message"
+                | "update_status"
+                | "share_file"
+                | "history"
+                | "rtc_offer"
+                | "rtc_answer"
+                | "rtc_ice_candidate"
+        );
+        if !known {
+            let data = match data {
+                Some(raw) => serde_json::from_str(raw.get()).map_err(payload_error)?,
+                None => Value::Null,
+            };
+            return Ok(Request::Custom {
+                kind: kind.to_string(),
+                data,
+            });
+        }
+        let p: Payload = match data {
+            Some(raw) if raw.get() != "null" => {
+                serde_json::from_str(raw.get()).map_err(payload_error)?
+            }
+            _ => Payload::default(),
+        };
+        Ok(match kind {
+            "ping" => Request::Ping,
+            "join_room" => Request::JoinRoom(JoinRoom {
+                room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
+                exclusive: p.exclusive.unwrap_or(true),
+                since: p.since,
+            }),
+            "leave_room" => Request::LeaveRoom {
+                room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
+            },
+            "send_message" => {
+                if !has_content(&p.content) {
+                    return Err(ErrorKind::RoomIdAndContentRequired);
+                }
+                let metadata = match p.metadata {
+                    None | Some(Value::Null) => Value::Object(Default::default()),
+                    Some(m @ Value::Object(_)) => m,
+                    Some(_) => {
+                        return Err(ErrorKind::InvalidPayload(
+                            "metadata must be an object".into(),
+                        ));
+                    }
+                };
+                Request::SendMessage(SendMessage {
+                    room_id: room(p.room_id, ErrorKind::RoomIdAndContentRequired)?,
+                    content: p.content.unwrap_or_default(),
+                    kind: non_empty(p.kind).unwrap_or_else(|| "text".into()),
+                    metadata,
+                })
+            }
+            "typing" => Request::Typing {
+                room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
+                is_typing: p.is_typing.unwrap_or(false),
+            },
+            "send_private_message" => {
+                let recipient_id =
+                    non_empty(p.recipient_id).ok_or(ErrorKind::RecipientIdAndContentRequired)?;
+                if !has_content(&p.content) {
+                    return Err(ErrorKind::RecipientIdAndContentRequired);
+                }
+                Request::SendPrivateMessage(SendPrivateMessage {
+                    recipient_id,
+                    content: p.content.unwrap_or_default(),
+                    kind: non_empty(p.kind).unwrap_or_else(|| "text".into()),
+                })
+            }
+            "update_status" => Request::UpdateStatus {
+                status: p.status.unwrap_or_default(),
+            },
+            "share_file" => Request::ShareFile {
+                room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
+                file_id: p.file_id.unwrap_or_default(),
+            },
+            "history" => {
+                let range = match (p.before, p.since) {
+                    (Some(_), Some(_)) => {
+                        return Err(ErrorKind::InvalidPayload(
+                            "give either before or since, not both".into(),
+                        ));
+                    }
+                    (Some(b), None) => HistoryRange::Before(b),
+                    (None, Some(s)) => HistoryRange::Since(s),
+                    (None, None) => HistoryRange::Latest,
+                };
+                Request::History(HistoryQuery {
+                    room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
+                    range,
+                    limit: p.limit.unwrap_or(50).clamp(1, HISTORY_MAX_LIMIT),
+                })
+            }
+            rtc => {
+                let kind = match rtc {
+                    "rtc_offer" => RtcKind::Offer,
+                    "rtc_answer" => RtcKind::Answer,
+                    _ => RtcKind::IceCandidate,
+                };
+                Request::Rtc(RtcSignal {
+                    kind,
+                    target_peer_id: non_empty(p.target_peer_id)
+                        .ok_or(ErrorKind::TargetPeerNotFound)?,
+                    payload: p.payload.unwrap_or(Value::Null),
+                })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Request, ErrorKind> {
+        Frame::parse(s).unwrap().request
+    }
+
+    #[test]
+    fn envelope_errors() {
+        assert_eq!(Frame::parse("nope").unwrap_err(), ErrorKind::InvalidFormat);
+        assert_eq!(Frame::parse("{}").unwrap_err(), ErrorKind::InvalidFormat);
+        assert_eq!(
+            Frame::parse(r#"{"type":5}"#).unwrap_err(),
+            ErrorKind::InvalidFormat
+        );
+        assert_eq!(
+            Frame::parse(r#"{"type":"ping","ref":{}}"#).unwrap_err(),
+            ErrorKind::InvalidFormat
+        );
+    }
+
+    #[test]
+    fn ref_is_kept_with_payload_errors() {
+        let f = Frame::parse(r#"{"type":"join_room","ref":7,"data":{}}"#).unwrap();
+        assert_eq!(f.reference, Some(Ref::Number(7.into())));
+        assert_eq!(f.request, Err(ErrorKind::RoomIdRequired));
+        let f = Frame::parse(r#"{"type":"join_room","ref":"a","data":{"roomId":3}}"#).unwrap();
+        assert_eq!(f.reference, Some(Ref::String("a".into())));
+        assert!(matches!(f.request, Err(ErrorKind::InvalidPayload(_))));
+    }
+
+    #[test]
+    fn join_defaults() {
+        assert_eq!(
+            parse(r#"{"type":"join_room","data":{"roomId":"g"}}"#),
+            Ok(Request::JoinRoom(JoinRoom {
+                room_id: "g".into(),
+                exclusive: true,
+                since: None
+            }))
+        );
+        assert_eq!(
+            parse(r#"{"type":"join_room","data":{"roomId":"bad room"}}"#),
+            Err(ErrorKind::InvalidRoomId)
+        );
+    }
+
+    #[test]
+    fn send_message_validation() {
+        assert_eq!(
+            parse(r#"{"type":"send_message","data":{"roomId":"g"}}"#),
+            Err(ErrorKind::RoomIdAndContentRequired)
+        );
+        assert_eq!(
+            parse(r#"{"type":"send_message","data":{"content":"hi"}}"#),
+            Err(ErrorKind::RoomIdAndContentRequired)
+        );
+        let Ok(Request::SendMessage(m)) =
+            parse(r#"{"type":"send_message","data":{"roomId":"g","content":"hi"}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(m.kind, "text");
+        assert_eq!(m.metadata, serde_json::json!({}));
+    }
+
+    #[test]
+    fn history_limit_is_capped() {
+        let Ok(Request::History(h)) =
+            parse(r#"{"type":"history","data":{"roomId":"g","since":3,"limit":1000}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(h.limit, HISTORY_MAX_LIMIT);
+        assert_eq!(h.range, HistoryRange::Since(3));
+    }
+
+    #[test]
+    fn unknown_types_are_custom() {
+        assert_eq!(
+            parse(r#"{"type":"custom_action","data":{"x":1}}"#),
+            Ok(Request::Custom {
+                kind: "custom_action".into(),
+                data: serde_json::json!({"x":1})
+            })
+        );
+    }
+}

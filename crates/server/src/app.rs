@@ -1,0 +1,16 @@
+//! What every HTTP handler and connection task shares.
+
+use std::sync::Arc;
+
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+
+#[derive(Clone)]
+pub struct App {
+    pub hub: Hub,
+    pub config: Arc<Config>,
+    /// Connection tasks, so a drain can wait for them.
+    pub tracker: TaskTracker,
+}

@@ -1,0 +1,454 @@
+//! The one typed configuration: TOML file < environment (`SWITCHBOARD_*`) < flags.
+//!
+//! Defaults live in the `Default` impls below and nowhere else; docs/operations.md lists
+//! every key. This is the only module that reads the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Directory of the SQLite store (created if missing).
+    pub data_dir: PathBuf,
+    /// Identifies this node in `/health` and logs; generated when empty.
+    pub node_id: String,
+    /// Key of the server/admin HTTP API; admin routes are closed without it.
+    pub api_key: Option<String>,
+    /// `tracing` filter, e.g. `info` or `switchboard=debug,info`.
+    pub log: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// Seconds a drain (SIGTERM) waits for connections to close before exiting.
+    pub drain_timeout_secs: u64,
+    pub auth: AuthConfig,
+    pub ws: WsConfig,
+    pub rate_limit: RateLimitConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret. Required unless a public key is configured.
+    pub jwt_secret: Option<String>,
+    /// `HS256`, `RS256` or `ES256`.
+    pub jwt_algorithm: String,
+    /// PEM public key file for RS256/ES256.
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Required `iss`, when set.
+    pub jwt_issuer: Option<String>,
+    /// Required `aud`, when set.
+    pub jwt_audience: Option<String>,
+    /// Accept tokens without `exp`.
+    pub allow_tokens_without_exp: bool,
+    /// Users may join only rooms matching their token's `rooms` patterns.
+    pub room_permissions: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Largest frame or message a client may send; larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Frames a connection's outbox holds before the connection is a slow consumer (1013).
+    pub outbox_max_frames: usize,
+    /// Bytes a connection's outbox holds before the connection is a slow consumer (1013).
+    pub outbox_max_bytes: usize,
+    /// Socket read chunk per connection; resident for every connection.
+    pub read_buffer_bytes: usize,
+    /// Bytes written per flush at most; resident once a connection has sent a batch.
+    pub write_buffer_bytes: usize,
+    /// Server ping period.
+    pub ping_interval_secs: u64,
+    /// A connection silent for this long is terminated.
+    pub ping_timeout_secs: u64,
+    /// Rooms one connection may be in at once, its personal room excluded.
+    pub max_rooms_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Messages per second per connection; 0 turns the limit off.
+    pub per_sec: u32,
+    /// Messages a connection may send at once above the rate.
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite `synchronous`: `full` (fsync every commit; survives power loss) or
+    /// `normal` (survives a process crash, may lose the last commits on power loss).
+    pub synchronous: String,
+    /// Most messages a `join_room` with `since` replays; a larger gap is reported
+    /// with `recovered: false` and left to `history`.
+    pub recovery_max_messages: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8080".parse().expect("valid default"),
+            data_dir: PathBuf::from("data"),
+            node_id: String::new(),
+            api_key: None,
+            log: "info".into(),
+            log_format: "text".into(),
+            drain_timeout_secs: 10,
+            auth: AuthConfig::default(),
+            ws: WsConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            store: StoreConfig::default(),
+        }
+    }
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            jwt_secret: None,
+            jwt_algorithm: "HS256".into(),
+            jwt_public_key_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            allow_tokens_without_exp: false,
+            room_permissions: false,
+        }
+    }
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        WsConfig {
+            max_message_bytes: 1024 * 1024,
+            outbox_max_frames: 4096,
+            outbox_max_bytes: 8 * 1024 * 1024,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 16 * 1024,
+            ping_interval_secs: 30,
+            ping_timeout_secs: 60,
+            max_rooms_per_connection: 100,
+        }
+    }
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_sec: 100,
+            burst: 200,
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            synchronous: "full".into(),
+            recovery_max_messages: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for {name}: {message}")]
+    Env { name: &'static str, message: String },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+type Setter = fn(&mut Config, &str) -> Result<(), String>;
+
+fn parse<T: std::str::FromStr>(v: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.trim().parse::<T>().map_err(|e| e.to_string())
+}
+
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("expected true or false, got {other:?}")),
+    }
+}
+
+fn some(v: &str) -> Option<String> {
+    Some(v.to_string()).filter(|s| !s.is_empty())
+}
+
+/// Every environment override, in the order applied: a later name wins, so
+/// `SWITCHBOARD_JWT_SECRET` beats the plain `JWT_SECRET`.
+const ENV: &[(&str, Setter)] = &[
+    ("SWITCHBOARD_LISTEN", |c, v| Ok(c.listen = parse(v)?)),
+    ("SWITCHBOARD_DATA_DIR", |c, v| Ok(c.data_dir = v.into())),
+    ("SWITCHBOARD_NODE_ID", |c, v| Ok(c.node_id = v.into())),
+    ("SWITCHBOARD_API_KEY", |c, v| Ok(c.api_key = some(v))),
+    ("SWITCHBOARD_LOG", |c, v| Ok(c.log = v.into())),
+    ("SWITCHBOARD_LOG_FORMAT", |c, v| Ok(c.log_format = v.into())),
+    ("SWITCHBOARD_DRAIN_TIMEOUT_SECS", |c, v| {
+        Ok(c.drain_timeout_secs = parse(v)?)
+    }),
+    ("JWT_SECRET", |c, v| Ok(c.auth.jwt_secret = some(v))),
+    ("SWITCHBOARD_JWT_SECRET", |c, v| {
+        Ok(c.auth.jwt_secret = some(v))
+    }),
+    ("SWITCHBOARD_JWT_ALGORITHM", |c, v| {
+        Ok(c.auth.jwt_algorithm = v.into())
+    }),
+    ("SWITCHBOARD_JWT_PUBLIC_KEY_FILE", |c, v| {
+        Ok(c.auth.jwt_public_key_file = some(v).map(Into::into))
+    }),
+    ("SWITCHBOARD_JWT_ISSUER", |c, v| {
+        Ok(c.auth.jwt_issuer = some(v))
+    }),
+    ("SWITCHBOARD_JWT_AUDIENCE", |c, v| {
+        Ok(c.auth.jwt_audience = some(v))
+    }),
+    ("SWITCHBOARD_ALLOW_TOKENS_WITHOUT_EXP", |c, v| {
+        Ok(c.auth.allow_tokens_without_exp = parse_bool(v)?)
+    }),
+    ("SWITCHBOARD_ROOM_PERMISSIONS", |c, v| {
+        Ok(c.auth.room_permissions = parse_bool(v)?)
+    }),
+    ("SWITCHBOARD_MAX_MESSAGE_BYTES", |c, v| {
+        Ok(c.ws.max_message_bytes = parse(v)?)
+    }),
+    ("SWITCHBOARD_OUTBOX_MAX_FRAMES", |c, v| {
+        Ok(c.ws.outbox_max_frames = parse(v)?)
+    }),
+    ("SWITCHBOARD_OUTBOX_MAX_BYTES", |c, v| {
+        Ok(c.ws.outbox_max_bytes = parse(v)?)
+    }),
+    ("SWITCHBOARD_PING_INTERVAL_SECS", |c, v| {
+        Ok(c.ws.ping_interval_secs = parse(v)?)
+    }),
+    ("SWITCHBOARD_PING_TIMEOUT_SECS", |c, v| {
+        Ok(c.ws.ping_timeout_secs = parse(v)?)
+    }),
+    ("SWITCHBOARD_MAX_ROOMS_PER_CONNECTION", |c, v| {
+        Ok(c.ws.max_rooms_per_connection = parse(v)?)
+    }),
+    ("SWITCHBOARD_RATE_LIMIT_PER_SEC", |c, v| {
+        Ok(c.rate_limit.per_sec = parse(v)?)
+    }),
+    ("SWITCHBOARD_RATE_LIMIT_BURST", |c, v| {
+        Ok(c.rate_limit.burst = parse(v)?)
+    }),
+    ("SWITCHBOARD_STORE_SYNC", |c, v| {
+        Ok(c.store.synchronous = v.into())
+    }),
+    ("SWITCHBOARD_RECOVERY_MAX_MESSAGES", |c, v| {
+        Ok(c.store.recovery_max_messages = parse(v)?)
+    }),
+];
+
+/// The names of every environment variable the config reads.
+pub fn env_names() -> impl Iterator<Item = &'static str> {
+    ENV.iter().map(|(name, _)| *name)
+}
+
+impl Config {
+    /// Reads a TOML config file; unknown keys are errors, missing keys take defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Applies overrides from `lookup` (the process environment in production).
+    pub fn apply_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for (name, set) in ENV {
+            if let Some(value) = lookup(name) {
+                set(self, &value).map_err(|message| ConfigError::Env { name, message })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies overrides from the process environment.
+    pub fn apply_process_env(&mut self) -> Result<(), ConfigError> {
+        self.apply_env(|name| std::env::var(name).ok())
+    }
+
+    /// Checks what types cannot: enumerations, ranges, and that a key exists.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        match self.auth.jwt_algorithm.as_str() {
+            "HS256" => {
+                if self.auth.jwt_secret.as_deref().is_none_or(str::is_empty) {
+                    return bad(
+                        "no JWT secret: set SWITCHBOARD_JWT_SECRET (or JWT_SECRET, --jwt-secret, \
+                         auth.jwt_secret), or run `serve --dev` for a throwaway one"
+                            .into(),
+                    );
+                }
+            }
+            "RS256" | "ES256" => {
+                if self.auth.jwt_public_key_file.is_none() {
+                    return bad(format!(
+                        "{} needs auth.jwt_public_key_file (SWITCHBOARD_JWT_PUBLIC_KEY_FILE)",
+                        self.auth.jwt_algorithm
+                    ));
+                }
+            }
+            other => {
+                return bad(format!(
+                    "auth.jwt_algorithm {other:?}: use HS256, RS256 or ES256"
+                ));
+            }
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad(format!(
+                "log_format {:?}: use text or json",
+                self.log_format
+            ));
+        }
+        if !matches!(self.store.synchronous.as_str(), "full" | "normal") {
+            return bad(format!(
+                "store.synchronous {:?}: use full or normal",
+                self.store.synchronous
+            ));
+        }
+        if self.ws.max_message_bytes < 128 {
+            return bad("ws.max_message_bytes must be at least 128".into());
+        }
+        if self.ws.outbox_max_frames == 0 || self.ws.outbox_max_bytes == 0 {
+            return bad("ws.outbox_max_frames and ws.outbox_max_bytes must be positive".into());
+        }
+        if self.ws.read_buffer_bytes < 256 {
+            return bad("ws.read_buffer_bytes must be at least 256".into());
+        }
+        if self.ws.ping_interval_secs == 0 || self.ws.ping_timeout_secs < self.ws.ping_interval_secs
+        {
+            return bad(
+                "ws.ping_interval_secs must be positive and at most ws.ping_timeout_secs".into(),
+            );
+        }
+        if self.rate_limit.per_sec > 0 && self.rate_limit.burst == 0 {
+            return bad("rate_limit.burst must be positive when rate_limit.per_sec is".into());
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML, secrets masked: for `check-config`.
+    pub fn to_masked_toml(&self) -> String {
+        let mut shown = self.clone();
+        let mask = |s: &mut Option<String>| {
+            if s.is_some() {
+                *s = Some("********".into());
+            }
+        };
+        mask(&mut shown.api_key);
+        mask(&mut shown.auth.jwt_secret);
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let mut c: Config =
+            toml::from_str("listen = \"127.0.0.1:1\"\n[rate_limit]\nper_sec = 5").unwrap();
+        c.apply_env(env(&[
+            ("SWITCHBOARD_LISTEN", "127.0.0.1:2"),
+            ("SWITCHBOARD_RATE_LIMIT_BURST", "9"),
+        ]))
+        .unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.rate_limit.per_sec, 5);
+        assert_eq!(c.rate_limit.burst, 9);
+    }
+
+    #[test]
+    fn prefixed_secret_wins() {
+        let mut c = Config::default();
+        c.apply_env(env(&[
+            ("JWT_SECRET", "plain"),
+            ("SWITCHBOARD_JWT_SECRET", "prefixed"),
+        ]))
+        .unwrap();
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("prefixed"));
+        let mut c = Config::default();
+        c.apply_env(env(&[("JWT_SECRET", "plain")])).unwrap();
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("plain"));
+    }
+
+    #[test]
+    fn bad_env_names_the_variable() {
+        let err = Config::default()
+            .apply_env(env(&[("SWITCHBOARD_RATE_LIMIT_PER_SEC", "lots")]))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("SWITCHBOARD_RATE_LIMIT_PER_SEC"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        assert!(toml::from_str::<Config>("lisen = \"x\"").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        let mut c = Config::default();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("no JWT secret")
+        );
+        c.auth.jwt_secret = Some("s".into());
+        c.validate().unwrap();
+        c.store.synchronous = "sometimes".into();
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn masked_output_hides_secrets() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = Some("topsecret".into());
+        c.api_key = Some("key123".into());
+        let shown = c.to_masked_toml();
+        assert!(!shown.contains("topsecret") && !shown.contains("key123"));
+        assert!(shown.contains("********"));
+        let back: Config = toml::from_str(&shown).unwrap();
+        assert_eq!(back.listen, c.listen);
+    }
+}

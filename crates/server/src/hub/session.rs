@@ -1,0 +1,270 @@
+//! One connection as the hub sees it: who it is, which rooms it is in, and its bounded
+//! outbox.
+//!
+//! The outbox is a plain vector behind a short mutex. Producers (fan-out, replies)
+//! push and wake the connection's writer; the writer swaps the whole vector out in one
+//! step and writes it as one batch. An idle outbox holds no allocation, and a full one
+//! marks the connection a slow consumer instead of growing.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use switchboard_protocol::{CloseCode, UserInfo};
+use tokio::sync::Notify;
+
+use super::ratelimit::RateLimiter;
+use crate::auth::Identity;
+
+pub use crate::broker::Text;
+
+/// What a connection's writer sends next.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    Text(Text),
+    Ping,
+}
+
+/// Bounds of every outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    pub max_frames: usize,
+    pub max_bytes: usize,
+}
+
+#[derive(Default)]
+struct Outbox {
+    frames: Vec<Outgoing>,
+    bytes: usize,
+    /// Set once; the writer sends what it was told to send before, then this close.
+    closing: Option<CloseCode>,
+}
+
+pub struct Session {
+    /// Node-local number, used to compare sessions cheaply.
+    pub id: u64,
+    /// The id clients see (`clientId`, `peerId`).
+    pub client_id: Box<str>,
+    pub identity: Identity,
+    /// Rooms the client joined, its personal room excluded.
+    rooms: Mutex<Vec<Arc<str>>>,
+    outbox: Mutex<Outbox>,
+    ready: Notify,
+    limits: OutboxLimits,
+    /// Hub-clock second of the last frame received: the liveness sweep reads it.
+    last_seen: AtomicU64,
+    pub(super) rate: Mutex<RateLimiter>,
+}
+
+impl Session {
+    pub(super) fn new(
+        id: u64,
+        client_id: Box<str>,
+        identity: Identity,
+        limits: OutboxLimits,
+        rate: RateLimiter,
+        now_secs: u64,
+    ) -> Session {
+        Session {
+            id,
+            client_id,
+            identity,
+            rooms: Mutex::new(Vec::new()),
+            outbox: Mutex::new(Outbox::default()),
+            ready: Notify::new(),
+            limits,
+            last_seen: AtomicU64::new(now_secs),
+            rate: Mutex::new(rate),
+        }
+    }
+
+    pub fn user(&self) -> &UserInfo {
+        &self.identity.user
+    }
+
+    /// Queues a frame. Returns false when the connection is closing; an overflow makes
+    /// it a slow consumer: its queue is dropped and it will be closed with 1013.
+    pub fn push(&self, frame: Outgoing) -> bool {
+        let len = match &frame {
+            Outgoing::Text(t) => t.len(),
+            Outgoing::Ping => 0,
+        };
+        let mut q = self.outbox.lock();
+        if q.closing.is_some() {
+            return false;
+        }
+        if q.frames.len() >= self.limits.max_frames || q.bytes + len > self.limits.max_bytes {
+            q.frames = Vec::new();
+            q.bytes = 0;
+            q.closing = Some(CloseCode::SlowConsumer);
+            drop(q);
+            self.ready.notify_one();
+            return false;
+        }
+        q.frames.push(frame);
+        q.bytes += len;
+        let first = q.frames.len() == 1;
+        drop(q);
+        // The writer takes everything at once, so only the first frame needs to wake it.
+        if first {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    pub fn push_text(&self, text: impl Into<Text>) -> bool {
+        self.push(Outgoing::Text(text.into()))
+    }
+
+    /// Asks the writer to close the connection with `code` once what is queued is sent.
+    /// The first reason wins.
+    pub fn close(&self, code: CloseCode) {
+        let mut q = self.outbox.lock();
+        if q.closing.is_none() {
+            q.closing = Some(code);
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.outbox.lock().closing.is_some()
+    }
+
+    /// Waits until there is something to write or a close to send.
+    pub async fn ready(&self) {
+        self.ready.notified().await
+    }
+
+    /// Swaps the queued frames into `batch` (which must be empty) and returns the close
+    /// to send after them, if any.
+    pub fn take(&self, batch: &mut Vec<Outgoing>) -> Option<CloseCode> {
+        debug_assert!(batch.is_empty());
+        let mut q = self.outbox.lock();
+        std::mem::swap(&mut q.frames, batch);
+        q.bytes = 0;
+        q.closing
+    }
+
+    pub fn touch(&self, now_secs: u64) {
+        self.last_seen.store(now_secs, Ordering::Relaxed);
+    }
+
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    pub fn rooms(&self) -> Vec<Arc<str>> {
+        self.rooms.lock().clone()
+    }
+
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms.lock().iter().any(|r| &**r == room)
+    }
+
+    pub(super) fn add_room(&self, room: Arc<str>) {
+        let mut rooms = self.rooms.lock();
+        if !rooms.iter().any(|r| *r == room) {
+            rooms.push(room);
+        }
+    }
+
+    pub(super) fn remove_room(&self, room: &str) -> bool {
+        let mut rooms = self.rooms.lock();
+        let before = rooms.len();
+        rooms.retain(|r| &**r != room);
+        rooms.len() != before
+    }
+
+    pub(super) fn room_count(&self) -> usize {
+        self.rooms.lock().len()
+    }
+
+    pub(super) fn take_rooms(&self) -> Vec<Arc<str>> {
+        std::mem::take(&mut *self.rooms.lock())
+    }
+
+    /// Whether the two sessions share a joined room.
+    pub fn shares_room_with(&self, other: &Session) -> bool {
+        let mine = self.rooms();
+        let theirs = other.rooms.lock();
+        mine.iter().any(|r| theirs.contains(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(max_frames: usize, max_bytes: usize) -> Session {
+        Session::new(
+            1,
+            "c".into(),
+            Identity {
+                user: UserInfo {
+                    id: "u".into(),
+                    username: "u".into(),
+                    avatar: None,
+                },
+                rooms: None,
+            },
+            OutboxLimits {
+                max_frames,
+                max_bytes,
+            },
+            RateLimiter::new(0, 0),
+            0,
+        )
+    }
+
+    #[test]
+    fn take_drains_in_order() {
+        let s = session(10, 1000);
+        assert!(s.push_text("a"));
+        assert!(s.push_text("b"));
+        let mut batch = Vec::new();
+        assert_eq!(s.take(&mut batch), None);
+        let texts: Vec<_> = batch
+            .iter()
+            .map(|f| match f {
+                Outgoing::Text(t) => t.as_str().to_string(),
+                Outgoing::Ping => "ping".into(),
+            })
+            .collect();
+        assert_eq!(texts, ["a", "b"]);
+        batch.clear();
+        assert_eq!(s.take(&mut batch), None);
+        assert!(batch.is_empty());
+    }
+
+    #[test]
+    fn overflow_makes_a_slow_consumer() {
+        let s = session(2, 1000);
+        assert!(s.push_text("a"));
+        assert!(s.push_text("b"));
+        assert!(!s.push_text("c"));
+        let mut batch = Vec::new();
+        assert_eq!(s.take(&mut batch), Some(CloseCode::SlowConsumer));
+        assert!(batch.is_empty(), "a slow consumer's queue is dropped");
+        assert!(!s.push_text("d"));
+    }
+
+    #[test]
+    fn byte_bound() {
+        let s = session(100, 3);
+        assert!(s.push_text("ab"));
+        assert!(!s.push_text("cd"));
+        assert!(s.is_closing());
+    }
+
+    #[test]
+    fn first_close_wins() {
+        let s = session(10, 100);
+        s.push_text("x");
+        s.close(CloseCode::GoingAway);
+        s.close(CloseCode::Timeout);
+        let mut batch = Vec::new();
+        assert_eq!(s.take(&mut batch), Some(CloseCode::GoingAway));
+        assert_eq!(batch.len(), 1, "queued frames go out before the close");
+    }
+}

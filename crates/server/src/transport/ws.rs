@@ -1,0 +1,215 @@
+//! The native WebSocket transport: `GET /ws`.
+//!
+//! One task per connection. It waits on two things: a frame from the client, which it
+//! hands to the hub, and the session's outbox, which it drains in one batch and
+//! flushes once. The upgrade is done here (not by axum's extractor) so the socket's
+//! buffers can be sized for hundreds of thousands of idle connections and so outbox
+//! text goes to the socket without a copy or a second UTF-8 check.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use serde::Deserialize;
+use switchboard_protocol::{CloseCode, Connected, ErrorKind, encode, encode_error, now_millis};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+
+use crate::app::App;
+use crate::hub::{Hub, Outgoing, Session};
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// How long one batch may take to reach the socket before the client counts as gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a close frame may take to go out.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Deserialize)]
+pub struct ConnectParams {
+    token: Option<String>,
+    room: Option<String>,
+}
+
+/// Upgrades the request, then authenticates on the open socket: a bad token gets a
+/// close with 1008, as the protocol says, rather than an HTTP error.
+pub async fn upgrade(
+    State(app): State<App>,
+    Query(params): Query<ConnectParams>,
+    headers: HeaderMap,
+    mut req: Request<Body>,
+) -> Response {
+    let Some(key) = handshake_key(&headers) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade (GET with Upgrade: websocket, Sec-WebSocket-Version: 13)",
+        )
+            .into_response();
+    };
+    let token = params.token.or_else(|| bearer(&headers));
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let ws_config = socket_config(&app);
+    app.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let socket =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        serve(app.hub.clone(), socket, token, params.room).await;
+    });
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
+        .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("static response parts are valid")
+}
+
+fn socket_config(app: &App) -> WebSocketConfig {
+    let ws = &app.config.ws;
+    WebSocketConfig::default()
+        .read_buffer_size(ws.read_buffer_bytes)
+        .write_buffer_size(ws.write_buffer_bytes)
+        .max_write_buffer_size(ws.outbox_max_bytes.max(ws.write_buffer_bytes) * 2)
+        .max_message_size(Some(ws.max_message_bytes))
+        .max_frame_size(Some(ws.max_message_bytes))
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+fn handshake_key(headers: &HeaderMap) -> Option<&str> {
+    let ok = header_has(headers, header::CONNECTION, "upgrade")
+        && header_has(headers, header::UPGRADE, "websocket")
+        && headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .is_some_and(|v| v == "13");
+    if !ok {
+        return None;
+    }
+    headers.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok()
+}
+
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
+async fn serve(hub: Hub, mut socket: Socket, token: Option<String>, room: Option<String>) {
+    if hub.is_draining() {
+        close(&mut socket, CloseCode::GoingAway).await;
+        return;
+    }
+    let identity = match hub.authenticate(token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            tracing::debug!(reason = %e, "websocket authentication failed");
+            close(&mut socket, CloseCode::AuthenticationFailed).await;
+            return;
+        }
+    };
+    let session = hub.connect(identity);
+    tracing::debug!(client = %session.client_id, user = %session.user().id, "connected");
+    let hello = Connected {
+        client_id: session.client_id.to_string(),
+        user: session.user().clone(),
+        timestamp: now_millis(),
+    };
+    session.push_text(encode("connected", &hello, None));
+    if let Some(room) = room {
+        hub.join_on_connect(&session, room).await;
+    }
+    let code = drive(&hub, &session, &mut socket).await;
+    hub.disconnect(&session);
+    if let Some(code) = code {
+        close(&mut socket, code).await;
+    }
+    tracing::debug!(client = %session.client_id, ?code, "disconnected");
+}
+
+/// Runs the connection until it ends; returns the close to send, if one should be.
+async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option<CloseCode> {
+    let mut batch = Vec::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = session.ready() => {
+                let closing = session.take(&mut batch);
+                if !batch.is_empty() {
+                    let written = tokio::time::timeout(WRITE_TIMEOUT, write_batch(socket, &mut batch)).await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        return None;
+                    }
+                }
+                // Keep a modest buffer for the next batch, not the largest one seen.
+                if batch.capacity() > 256 {
+                    batch = Vec::new();
+                }
+                if closing.is_some() {
+                    return closing;
+                }
+            }
+            incoming = socket.next() => {
+                session.touch(hub.clock_secs());
+                match incoming {
+                    None => return None,
+                    Some(Ok(Message::Text(text))) => hub.dispatch_text(session, &text).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        session.push_text(encode_error(&ErrorKind::InvalidFormat, None));
+                    }
+                    // Pings are answered by tungstenite; pongs and closes only prove life.
+                    Some(Ok(_)) => {}
+                    Some(Err(WsError::Capacity(_))) => return Some(CloseCode::TooBig),
+                    Some(Err(WsError::Utf8(_))) => return Some(CloseCode::InvalidUtf8),
+                    Some(Err(e)) => {
+                        tracing::debug!(client = %session.client_id, error = %e, "read failed");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn write_batch(socket: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), WsError> {
+    for frame in batch.drain(..) {
+        let msg = match frame {
+            Outgoing::Text(t) => Message::Text(t),
+            Outgoing::Ping => Message::Ping(Default::default()),
+        };
+        socket.feed(msg).await?;
+    }
+    socket.flush().await
+}
+
+async fn close(socket: &mut Socket, code: CloseCode) {
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: Utf8Bytes::from_static(code.reason()),
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(Some(frame))).await;
+}

@@ -1,0 +1,245 @@
+//! Shared test helpers: a real server on a real port, and a real WebSocket client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use switchboard::auth::{TokenRequest, mint};
+use switchboard::{Config, Hub, Server};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "test-secret";
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A config for tests: loopback, a fresh data dir, the test secret.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.data_dir = dir.to_path_buf();
+    cfg.auth.jwt_secret = Some(SECRET.into());
+    cfg.drain_timeout_secs = 5;
+    cfg
+}
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub hub: Hub,
+    pub config: Config,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::build(|b| b, tweak).await
+    }
+
+    /// Starts a server from a builder (for custom handlers) and a config tweak.
+    pub async fn build(
+        builder: impl FnOnce(switchboard::ServerBuilder) -> switchboard::ServerBuilder,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(dir.path());
+        tweak(&mut cfg);
+        let server = builder(Server::builder().config(cfg.clone()))
+            .bind()
+            .await
+            .expect("server starts");
+        let addr = server.local_addr();
+        let hub = server.hub().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run_until(async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            hub,
+            config: cfg,
+            stop: Some(tx),
+            handle: Some(handle),
+            dir,
+        }
+    }
+
+    pub fn url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    pub fn http(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Connects as `sub` and reads the `connected` event.
+    pub async fn client(&self, sub: &str) -> Client {
+        let mut c = Client::connect(&self.url(&token(sub))).await;
+        let hello = c.next_of("connected").await;
+        c.client_id = hello["data"]["clientId"].as_str().unwrap().to_string();
+        c
+    }
+
+    /// Connects as `sub` and joins `room` (not exclusively), reading the reply.
+    pub async fn member(&self, sub: &str, room: &str) -> Client {
+        let mut c = self.client(sub).await;
+        c.join(room).await;
+        c
+    }
+
+    /// Triggers a drain and waits for the server to stop.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(WAIT, h)
+                .await
+                .expect("server stops")
+                .unwrap();
+        }
+    }
+}
+
+pub fn token(sub: &str) -> String {
+    token_with(sub, None)
+}
+
+pub fn token_with(sub: &str, rooms: Option<Vec<String>>) -> String {
+    let cfg = switchboard::config::AuthConfig {
+        jwt_secret: Some(SECRET.into()),
+        ..Default::default()
+    };
+    let name = format!("{}{}", sub[..1].to_uppercase(), &sub[1..]);
+    mint(
+        &cfg,
+        TokenRequest {
+            sub,
+            username: Some(&name),
+            avatar: None,
+            rooms,
+            ttl: Duration::from_secs(3600),
+        },
+    )
+    .unwrap()
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Client {
+    pub ws: Ws,
+    pub client_id: String,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Client {
+            ws,
+            client_id: String::new(),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_raw(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_string())).await.unwrap();
+    }
+
+    /// Sends `{type, data}`.
+    pub async fn request(&mut self, kind: &str, data: Value) {
+        self.send(json!({"type": kind, "data": data})).await;
+    }
+
+    /// The next text frame as JSON; panics on a close or after the wait.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame arrives in time")
+                .expect("the connection is open")
+                .expect("the frame is valid");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("frames are JSON"),
+                Message::Close(c) => panic!("closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Skips frames until one of type `kind`.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["type"] == kind {
+                return v;
+            }
+        }
+    }
+
+    /// The next frame, which must be of type `kind`.
+    pub async fn expect(&mut self, kind: &str) -> Value {
+        let v = self.next().await;
+        assert_eq!(v["type"], kind, "expected {kind}, got {v}");
+        v
+    }
+
+    /// The next frame must be an error with this message.
+    pub async fn expect_error(&mut self, message: &str) -> Value {
+        let v = self.expect("error").await;
+        assert_eq!(v["data"]["message"], message, "{v}");
+        v
+    }
+
+    /// Asserts nothing but pings arrives for `ms`.
+    pub async fn expect_silence(&mut self, ms: u64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Text(t)))) => panic!("unexpected frame: {t}"),
+                Ok(Some(Ok(Message::Close(c)))) => panic!("unexpected close: {c:?}"),
+                Ok(Some(Ok(_))) => continue,
+                Ok(other) => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn expect_close(&mut self) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the close arrives in time");
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended without a close frame: {other:?}"),
+            }
+        }
+    }
+
+    /// `join_room` without leaving other rooms; returns `room_joined`.
+    pub async fn join(&mut self, room: &str) -> Value {
+        self.request("join_room", json!({"roomId": room, "exclusive": false}))
+            .await;
+        self.next_of("room_joined").await
+    }
+}
