@@ -63,6 +63,9 @@ pub struct WsConfig {
     pub read_buffer_bytes: usize,
     /// Bytes written per flush at most; resident once a connection has sent a batch.
     pub write_buffer_bytes: usize,
+    /// Seconds one batch may take to reach a client's socket before the connection is
+    /// dropped (a client that stopped reading).
+    pub write_timeout_secs: u64,
     /// Server ping period.
     pub ping_interval_secs: u64,
     /// A connection silent for this long is terminated.
@@ -131,6 +134,7 @@ impl Default for WsConfig {
             outbox_max_bytes: 8 * 1024 * 1024,
             read_buffer_bytes: 4096,
             write_buffer_bytes: 16 * 1024,
+            write_timeout_secs: 30,
             ping_interval_secs: 30,
             ping_timeout_secs: 60,
             max_rooms_per_connection: 100,
@@ -234,6 +238,9 @@ const ENV: &[(&str, Setter)] = &[
     }),
     ("SWITCHBOARD_OUTBOX_MAX_BYTES", |c, v| {
         Ok(c.ws.outbox_max_bytes = parse(v)?)
+    }),
+    ("SWITCHBOARD_WRITE_TIMEOUT_SECS", |c, v| {
+        Ok(c.ws.write_timeout_secs = parse(v)?)
     }),
     ("SWITCHBOARD_PING_INTERVAL_SECS", |c, v| {
         Ok(c.ws.ping_interval_secs = parse(v)?)

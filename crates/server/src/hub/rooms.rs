@@ -8,6 +8,8 @@
 //! are buffered for it while its missed messages are read from the store, then
 //! [`RoomIndex::finish_join`] queues the reply, the replay and the buffered events
 //! (without the ones the replay already had) and makes it a member, in one step.
+//! A message can be committed (so replayed) before it is published; the session's
+//! floor for the room drops that one when it arrives live.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -66,7 +68,7 @@ impl RoomIndex {
         }
         let mut delivered = 0;
         for s in &room.members {
-            if Some(s.id) != env.exclude && s.push(Outgoing::Text(env.frame.clone())) {
+            if Some(s.id) != env.exclude && s.push_event(env) {
                 delivered += 1;
             }
         }
@@ -118,11 +120,18 @@ impl RoomIndex {
             return false;
         }
         first(&r.members);
+        let mut last = replayed_to;
         for (offset, frame) in buffered {
-            let seen = matches!((offset, replayed_to), (Some(o), Some(upto)) if o <= upto);
+            let seen = matches!((offset, last), (Some(o), Some(upto)) if o <= upto);
             if !seen {
                 session.push(Outgoing::Text(frame));
+                last = offset.or(last);
             }
+        }
+        // What was committed and replayed but is not yet published will still arrive
+        // live; the floor drops it then.
+        if let Some(upto) = last {
+            session.set_floor(room.clone(), upto);
         }
         r.members.push(session.clone());
         true

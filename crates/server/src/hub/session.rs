@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use super::ratelimit::RateLimiter;
 use crate::auth::Identity;
 
+use crate::broker::Envelope;
 pub use crate::broker::Text;
 
 /// What a connection's writer sends next.
@@ -38,6 +39,10 @@ struct Outbox {
     bytes: usize,
     /// Set once; the writer sends what it was told to send before, then this close.
     closing: Option<CloseCode>,
+    /// Rooms just recovered, with the last offset replayed: a durable event at or
+    /// below it was already sent (it was committed, read and replayed before it was
+    /// published). Cleared by the first later offset; empty almost always.
+    floors: Vec<(Arc<str>, u64)>,
 }
 
 pub struct Session {
@@ -85,11 +90,36 @@ impl Session {
     /// Queues a frame. Returns false when the connection is closing; an overflow makes
     /// it a slow consumer: its queue is dropped and it will be closed with 1013.
     pub fn push(&self, frame: Outgoing) -> bool {
+        let q = self.outbox.lock();
+        self.push_locked(q, frame)
+    }
+
+    /// Queues a room event, skipping a durable one this session already got by replay.
+    pub fn push_event(&self, env: &Envelope) -> bool {
+        let mut q = self.outbox.lock();
+        if let (Some(offset), false) = (env.offset, q.floors.is_empty())
+            && let Some(i) = q.floors.iter().position(|(r, _)| *r == env.room)
+        {
+            if offset <= q.floors[i].1 {
+                return true;
+            }
+            q.floors.swap_remove(i);
+        }
+        self.push_locked(q, Outgoing::Text(env.frame.clone()))
+    }
+
+    /// Marks `room` as replayed up to `offset` (see `floors`).
+    pub(super) fn set_floor(&self, room: Arc<str>, offset: u64) {
+        let mut q = self.outbox.lock();
+        q.floors.retain(|(r, _)| *r != room);
+        q.floors.push((room, offset));
+    }
+
+    fn push_locked(&self, mut q: parking_lot::MutexGuard<'_, Outbox>, frame: Outgoing) -> bool {
         let len = match &frame {
             Outgoing::Text(t) => t.len(),
             Outgoing::Ping => 0,
         };
-        let mut q = self.outbox.lock();
         if q.closing.is_some() {
             return false;
         }

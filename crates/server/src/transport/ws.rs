@@ -27,8 +27,6 @@ use crate::hub::{Hub, Outgoing, Session};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// How long one batch may take to reach the socket before the client counts as gone.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a close frame may take to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -67,7 +65,8 @@ pub async fn upgrade(
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
-        serve(app.hub.clone(), socket, token, params.room).await;
+        let write_timeout = Duration::from_secs(app.config.ws.write_timeout_secs);
+        serve(app.hub.clone(), socket, token, params.room, write_timeout).await;
     });
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     Response::builder()
@@ -119,7 +118,13 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-async fn serve(hub: Hub, mut socket: Socket, token: Option<String>, room: Option<String>) {
+async fn serve(
+    hub: Hub,
+    mut socket: Socket,
+    token: Option<String>,
+    room: Option<String>,
+    write_timeout: Duration,
+) {
     if hub.is_draining() {
         close(&mut socket, CloseCode::GoingAway).await;
         return;
@@ -143,7 +148,7 @@ async fn serve(hub: Hub, mut socket: Socket, token: Option<String>, room: Option
     if let Some(room) = room {
         hub.join_on_connect(&session, room).await;
     }
-    let code = drive(&hub, &session, &mut socket).await;
+    let code = drive(&hub, &session, &mut socket, write_timeout).await;
     hub.disconnect(&session);
     if let Some(code) = code {
         close(&mut socket, code).await;
@@ -152,7 +157,12 @@ async fn serve(hub: Hub, mut socket: Socket, token: Option<String>, room: Option
 }
 
 /// Runs the connection until it ends; returns the close to send, if one should be.
-async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option<CloseCode> {
+async fn drive(
+    hub: &Hub,
+    session: &Arc<Session>,
+    socket: &mut Socket,
+    write_timeout: Duration,
+) -> Option<CloseCode> {
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -160,7 +170,7 @@ async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option
             _ = session.ready() => {
                 let closing = session.take(&mut batch);
                 if !batch.is_empty() {
-                    let written = tokio::time::timeout(WRITE_TIMEOUT, write_batch(socket, &mut batch)).await;
+                    let written = tokio::time::timeout(write_timeout, write_batch(socket, &mut batch)).await;
                     if !matches!(written, Ok(Ok(()))) {
                         return None;
                     }
@@ -206,10 +216,18 @@ async fn write_batch(socket: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(
     socket.flush().await
 }
 
+/// Sends a close frame, then reads until the client's close (or the timeout), so
+/// the socket is not dropped with unread data: the kernel would answer that with a
+/// reset, which can destroy the close frame before the client reads it.
 async fn close(socket: &mut Socket, code: CloseCode) {
     let frame = CloseFrame {
         code: WsCloseCode::from(code.code()),
         reason: Utf8Bytes::from_static(code.reason()),
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, socket.close(Some(frame))).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        if socket.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = socket.next().await {}
+        }
+    })
+    .await;
 }

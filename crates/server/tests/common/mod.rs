@@ -243,3 +243,86 @@ impl Client {
         self.next_of("room_joined").await
     }
 }
+
+/// The real `switchboard` binary, serving on a free loopback port.
+pub struct BinServer {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+}
+
+impl BinServer {
+    /// Starts `switchboard serve` on `data_dir` with the test secret and waits until
+    /// `/health` answers.
+    pub async fn start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> BinServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
+        cmd.arg("serve")
+            .env("SWITCHBOARD_LISTEN", addr.to_string())
+            .env("SWITCHBOARD_DATA_DIR", data_dir)
+            .env("SWITCHBOARD_JWT_SECRET", SECRET)
+            .env("SWITCHBOARD_LOG", "warn")
+            .stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("the binary starts");
+        let server = BinServer { child, addr };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if reqwest::get(format!("http://{addr}/health")).await.is_ok() {
+                return server;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "server did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self, token: &str) -> String {
+        format!("ws://{}/ws?token={token}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "-KILL", "-TERM") to the process.
+    pub fn signal(&self, signal: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {signal} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit status.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "process did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for BinServer {
+    // A test that fails midway must not leave a server behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

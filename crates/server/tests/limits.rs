@@ -1,0 +1,195 @@
+//! Limits that protect the room from one client: frame size, UTF-8, rate, slow
+//! consumers, liveness.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+
+#[tokio::test]
+async fn oversized_frames_close_with_1009() {
+    let srv = TestServer::with(|c| c.ws.max_message_bytes = 4096).await;
+    let mut alice = srv.member("alice", "general").await;
+    let big = "x".repeat(5000);
+    alice
+        .request("send_message", json!({"roomId": "general", "content": big}))
+        .await;
+    let (code, reason) = alice.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1009, "Message too big"));
+    // Just under the limit is fine.
+    let mut bob = srv.member("bob", "general").await;
+    bob.request(
+        "send_message",
+        json!({"roomId": "general", "content": "y".repeat(3900)}),
+    )
+    .await;
+    bob.next_of("new_message").await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007() {
+    let srv = TestServer::start().await;
+    let mut alice = srv.client("alice").await;
+    let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
+    alice.ws.send(Message::Frame(frame)).await.unwrap();
+    let (code, _) = alice.expect_close().await;
+    assert_eq!(code, 1007);
+}
+
+#[tokio::test]
+async fn flooding_is_limited_without_hurting_the_room() {
+    let srv = TestServer::with(|c| {
+        c.rate_limit.per_sec = 10;
+        c.rate_limit.burst = 10;
+    })
+    .await;
+    let mut flooder = srv.member("mallory", "general").await;
+    let mut alice = srv.member("alice", "general").await;
+    let mut bob = srv.member("bob", "general").await;
+    // Everything the flooder sends at once: 10 pass, then errors, then a 1008 close.
+    for i in 0..100 {
+        let _ = flooder
+            .ws
+            .send(Message::text(
+                json!({"type": "typing", "data": {"roomId": "general", "isTyping": i % 2 == 0}})
+                    .to_string(),
+            ))
+            .await;
+    }
+    let mut limited = 0;
+    let close = loop {
+        match tokio::time::timeout(WAIT, flooder.ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "error" {
+                    assert_eq!(v["data"]["message"], "rate limit exceeded");
+                    limited += 1;
+                }
+            }
+            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(_)) => {}
+            other => panic!("unexpected end: {other:?}"),
+        }
+    };
+    assert!(
+        limited >= 10,
+        "excess messages were answered with errors ({limited})"
+    );
+    assert_eq!(close, (1008, "Rate limit exceeded".to_string()));
+    // The others were not limited: alice talks, bob hears.
+    for i in 0..5 {
+        alice
+            .request(
+                "send_message",
+                json!({"roomId": "general", "content": format!("{i}")}),
+            )
+            .await;
+    }
+    for i in 0..5 {
+        let m = bob.next_of("new_message").await;
+        assert_eq!(m["data"]["content"], format!("{i}"));
+    }
+}
+
+#[tokio::test]
+async fn a_slow_consumer_is_cut_off_while_the_room_keeps_going() {
+    let srv = TestServer::with(|c| {
+        c.rate_limit.per_sec = 0;
+        c.ws.outbox_max_frames = 1500;
+        // The slow reader resumes only at the end; its blocked write must wait for it.
+        c.ws.write_timeout_secs = 300;
+    })
+    .await;
+    let mut publisher = srv.member("pub", "wide").await;
+    let mut fast = srv.member("fast", "wide").await;
+    let mut slow = srv.member("slow", "wide").await;
+    publisher.next_of("user_joined_room").await;
+    publisher.next_of("user_joined_room").await;
+    fast.next_of("user_joined_room").await;
+    // ~25 MB: far more than the outbox plus loopback socket buffers hold for a reader
+    // that stops reading.
+    const N: usize = 6000;
+    const STEP: usize = 100;
+    let content = "z".repeat(4 * 1024);
+    let fast_reader = tokio::spawn(async move {
+        let mut got = 0;
+        while got < N {
+            let v = fast.next().await;
+            if v["type"] == "new_message" {
+                assert_eq!(v["data"]["offset"], got + 1, "in order, none missing");
+                got += 1;
+            }
+        }
+        got
+    });
+    for start in (0..N).step_by(STEP) {
+        for i in start..start + STEP {
+            publisher
+                .request(
+                    "send_message",
+                    json!({"roomId": "wide", "content": content, "metadata": {"i": i}}),
+                )
+                .await;
+        }
+        // Read our own copies as we go, so the publisher is not a slow consumer.
+        let mut got = 0;
+        while got < STEP {
+            if publisher.next().await["type"] == "new_message" {
+                got += 1;
+            }
+        }
+    }
+    let fast_got = tokio::time::timeout(Duration::from_secs(60), fast_reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fast_got, N, "the fast member got everything");
+    // Now the slow one reads: a part of the stream, then 1013.
+    let mut slow_got = 0;
+    let close = loop {
+        match tokio::time::timeout(WAIT, slow.ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.contains("new_message") => slow_got += 1,
+            Some(Ok(Message::Close(Some(f)))) => break (u16::from(f.code), f.reason.to_string()),
+            Some(Ok(_)) => {}
+            other => panic!("ended without a close: {other:?}"),
+        }
+    };
+    assert_eq!(close, (1013, "Slow consumer".to_string()));
+    assert!(
+        slow_got < N,
+        "the slow consumer was cut off ({slow_got} of {N})"
+    );
+}
+
+#[tokio::test]
+async fn silent_connections_are_terminated() {
+    let srv = TestServer::with(|c| {
+        c.ws.ping_interval_secs = 1;
+        c.ws.ping_timeout_secs = 2;
+    })
+    .await;
+    let mut silent = srv.client("silent").await;
+    let mut lively = srv.client("lively").await;
+    // The lively client keeps reading, so its library answers the server's pings.
+    let lively_task = tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(4500);
+        while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, lively.ws.next()).await {
+            let msg = msg.expect("lively stays open");
+            assert!(!matches!(msg, Message::Close(_)), "lively was closed");
+        }
+        lively
+    });
+    // The silent one reads nothing for a while, so it answers no ping.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    let (code, reason) = silent.expect_close().await;
+    assert_eq!((code, reason.as_str()), (1001, "Ping timeout"));
+    let mut lively = lively_task.await.unwrap();
+    lively.send(json!({"type": "ping"})).await;
+    lively.next_of("pong").await;
+}
