@@ -199,69 +199,109 @@ fn some(v: &str) -> Option<String> {
 /// Every environment override, in the order applied: a later name wins, so
 /// `SWITCHBOARD_JWT_SECRET` beats the plain `JWT_SECRET`.
 const ENV: &[(&str, Setter)] = &[
-    ("SWITCHBOARD_LISTEN", |c, v| Ok(c.listen = parse(v)?)),
-    ("SWITCHBOARD_DATA_DIR", |c, v| Ok(c.data_dir = v.into())),
-    ("SWITCHBOARD_NODE_ID", |c, v| Ok(c.node_id = v.into())),
-    ("SWITCHBOARD_API_KEY", |c, v| Ok(c.api_key = some(v))),
-    ("SWITCHBOARD_LOG", |c, v| Ok(c.log = v.into())),
-    ("SWITCHBOARD_LOG_FORMAT", |c, v| Ok(c.log_format = v.into())),
-    ("SWITCHBOARD_DRAIN_TIMEOUT_SECS", |c, v| {
-        Ok(c.drain_timeout_secs = parse(v)?)
+    ("SWITCHBOARD_LISTEN", |c, v| {
+        c.listen = parse(v)?;
+        Ok(())
     }),
-    ("JWT_SECRET", |c, v| Ok(c.auth.jwt_secret = some(v))),
+    ("SWITCHBOARD_DATA_DIR", |c, v| {
+        c.data_dir = v.into();
+        Ok(())
+    }),
+    ("SWITCHBOARD_NODE_ID", |c, v| {
+        c.node_id = v.into();
+        Ok(())
+    }),
+    ("SWITCHBOARD_API_KEY", |c, v| {
+        c.api_key = some(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_LOG", |c, v| {
+        c.log = v.into();
+        Ok(())
+    }),
+    ("SWITCHBOARD_LOG_FORMAT", |c, v| {
+        c.log_format = v.into();
+        Ok(())
+    }),
+    ("SWITCHBOARD_DRAIN_TIMEOUT_SECS", |c, v| {
+        c.drain_timeout_secs = parse(v)?;
+        Ok(())
+    }),
+    ("JWT_SECRET", |c, v| {
+        c.auth.jwt_secret = some(v);
+        Ok(())
+    }),
     ("SWITCHBOARD_JWT_SECRET", |c, v| {
-        Ok(c.auth.jwt_secret = some(v))
+        c.auth.jwt_secret = some(v);
+        Ok(())
     }),
     ("SWITCHBOARD_JWT_ALGORITHM", |c, v| {
-        Ok(c.auth.jwt_algorithm = v.into())
+        c.auth.jwt_algorithm = v.into();
+        Ok(())
     }),
     ("SWITCHBOARD_JWT_PUBLIC_KEY_FILE", |c, v| {
-        Ok(c.auth.jwt_public_key_file = some(v).map(Into::into))
+        c.auth.jwt_public_key_file = some(v).map(Into::into);
+        Ok(())
     }),
     ("SWITCHBOARD_JWT_ISSUER", |c, v| {
-        Ok(c.auth.jwt_issuer = some(v))
+        c.auth.jwt_issuer = some(v);
+        Ok(())
     }),
     ("SWITCHBOARD_JWT_AUDIENCE", |c, v| {
-        Ok(c.auth.jwt_audience = some(v))
+        c.auth.jwt_audience = some(v);
+        Ok(())
     }),
     ("SWITCHBOARD_ALLOW_TOKENS_WITHOUT_EXP", |c, v| {
-        Ok(c.auth.allow_tokens_without_exp = parse_bool(v)?)
+        c.auth.allow_tokens_without_exp = parse_bool(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_ROOM_PERMISSIONS", |c, v| {
-        Ok(c.auth.room_permissions = parse_bool(v)?)
+        c.auth.room_permissions = parse_bool(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_MAX_MESSAGE_BYTES", |c, v| {
-        Ok(c.ws.max_message_bytes = parse(v)?)
+        c.ws.max_message_bytes = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_OUTBOX_MAX_FRAMES", |c, v| {
-        Ok(c.ws.outbox_max_frames = parse(v)?)
+        c.ws.outbox_max_frames = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_OUTBOX_MAX_BYTES", |c, v| {
-        Ok(c.ws.outbox_max_bytes = parse(v)?)
+        c.ws.outbox_max_bytes = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_WRITE_TIMEOUT_SECS", |c, v| {
-        Ok(c.ws.write_timeout_secs = parse(v)?)
+        c.ws.write_timeout_secs = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_PING_INTERVAL_SECS", |c, v| {
-        Ok(c.ws.ping_interval_secs = parse(v)?)
+        c.ws.ping_interval_secs = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_PING_TIMEOUT_SECS", |c, v| {
-        Ok(c.ws.ping_timeout_secs = parse(v)?)
+        c.ws.ping_timeout_secs = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_MAX_ROOMS_PER_CONNECTION", |c, v| {
-        Ok(c.ws.max_rooms_per_connection = parse(v)?)
+        c.ws.max_rooms_per_connection = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_RATE_LIMIT_PER_SEC", |c, v| {
-        Ok(c.rate_limit.per_sec = parse(v)?)
+        c.rate_limit.per_sec = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_RATE_LIMIT_BURST", |c, v| {
-        Ok(c.rate_limit.burst = parse(v)?)
+        c.rate_limit.burst = parse(v)?;
+        Ok(())
     }),
     ("SWITCHBOARD_STORE_SYNC", |c, v| {
-        Ok(c.store.synchronous = v.into())
+        c.store.synchronous = v.into();
+        Ok(())
     }),
     ("SWITCHBOARD_RECOVERY_MAX_MESSAGES", |c, v| {
-        Ok(c.store.recovery_max_messages = parse(v)?)
+        c.store.recovery_max_messages = parse(v)?;
+        Ok(())
     }),
 ];
 

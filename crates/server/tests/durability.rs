@@ -176,3 +176,36 @@ async fn acknowledged_messages_survive_kill_9() {
     .await;
     assert_eq!(c.next_of("new_message").await["data"]["offset"], N + 1);
 }
+
+#[tokio::test]
+async fn concurrent_messages_share_commits() {
+    let srv = TestServer::with(|c| c.rate_limit.per_sec = 0).await;
+    const PUBLISHERS: u64 = 8;
+    const EACH: u64 = 250;
+    let tasks: Vec<_> = (0..PUBLISHERS)
+        .map(|i| {
+            let url = srv.url(&token(&format!("p{i}")));
+            tokio::spawn(async move {
+                publish(url, &format!("room{i}"), EACH, 50, Duration::ZERO).await
+            })
+        })
+        .collect();
+    for t in tasks {
+        let acks = t.await.unwrap();
+        let mut offsets: Vec<u64> = acks.keys().copied().collect();
+        offsets.sort();
+        assert_eq!(
+            offsets,
+            (1..=EACH).collect::<Vec<_>>(),
+            "each room has its own gapless offsets"
+        );
+    }
+    let stats = srv.hub.store().stats();
+    assert_eq!(stats.messages, PUBLISHERS * EACH);
+    assert!(
+        stats.commits * 4 < stats.messages,
+        "group commit: {} messages in {} transactions",
+        stats.messages,
+        stats.commits
+    );
+}

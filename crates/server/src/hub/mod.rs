@@ -35,6 +35,8 @@ use crate::store::Store;
 
 const SESSION_SHARDS: usize = 32;
 
+type SessionShard = Mutex<HashMap<Box<str>, Arc<Session>>>;
+
 /// What the hub needs from the config, copied once.
 #[derive(Debug, Clone)]
 pub struct HubSettings {
@@ -78,7 +80,7 @@ struct Inner {
     handlers: HashMap<String, MessageHandler>,
     rooms: RoomIndex,
     /// Sessions by client id, sharded.
-    sessions: Box<[Mutex<HashMap<Box<str>, Arc<Session>>>]>,
+    sessions: Box<[SessionShard]>,
     hasher: RandomState,
     connections: AtomicU64,
     next_session: AtomicU64,
@@ -153,7 +155,7 @@ impl Hub {
         self.inner.verifier.verify(token)
     }
 
-    fn session_shard(&self, client_id: &str) -> &Mutex<HashMap<Box<str>, Arc<Session>>> {
+    fn session_shard(&self, client_id: &str) -> &SessionShard {
         let i = self.inner.hasher.hash_one(client_id) as usize % SESSION_SHARDS;
         &self.inner.sessions[i]
     }

@@ -194,7 +194,7 @@ impl Session {
 
     pub(super) fn add_room(&self, room: Arc<str>) {
         let mut rooms = self.rooms.lock();
-        if !rooms.iter().any(|r| *r == room) {
+        if !rooms.contains(&room) {
             rooms.push(room);
         }
     }

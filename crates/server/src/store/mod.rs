@@ -75,4 +75,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Commits everything queued, then stops the writer.
     fn close(&self) -> BoxFuture<'_, ()>;
+
+    /// Counters since the store opened.
+    fn stats(&self) -> StoreStats;
+}
+
+/// How the writer has been batching.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Transactions committed.
+    pub commits: u64,
+    /// Messages made durable.
+    pub messages: u64,
 }

@@ -18,7 +18,9 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use switchboard_protocol::{HistoryRange, NewMessage};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Committed, Draft, OnDurable, Store, StoreError, StoredMessage};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Committed, Draft, OnDurable, Store, StoreError, StoreStats, StoredMessage};
 use crate::broker::{Broker, Envelope};
 
 /// Most messages committed in one transaction.
@@ -37,6 +39,8 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID";
 
+// Drafts travel by value: boxing them would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Append(Draft, OnDurable),
     Close(oneshot::Sender<()>),
@@ -45,6 +49,13 @@ enum Job {
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     reads: SqlitePool,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Counters {
+    commits: AtomicU64,
+    messages: AtomicU64,
 }
 
 impl SqliteStore {
@@ -75,8 +86,13 @@ impl SqliteStore {
             .connect_with(opts.read_only(true))
             .await?;
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(Writer::new(writer, broker).run(rx));
-        Ok(SqliteStore { jobs: tx, reads })
+        let counters = Arc::new(Counters::default());
+        tokio::spawn(Writer::new(writer, broker, counters.clone()).run(rx));
+        Ok(SqliteStore {
+            jobs: tx,
+            reads,
+            counters,
+        })
     }
 }
 
@@ -156,6 +172,13 @@ impl Store for SqliteStore {
         }
         .boxed()
     }
+
+    fn stats(&self) -> StoreStats {
+        StoreStats {
+            commits: self.counters.commits.load(Ordering::Relaxed),
+            messages: self.counters.messages.load(Ordering::Relaxed),
+        }
+    }
 }
 
 struct Writer {
@@ -163,6 +186,7 @@ struct Writer {
     broker: Arc<dyn Broker>,
     /// Last offset of each room written so far; a room not here is read from disk.
     last_offsets: HashMap<Arc<str>, u64>,
+    counters: Arc<Counters>,
 }
 
 struct Row_ {
@@ -174,11 +198,12 @@ struct Row_ {
 }
 
 impl Writer {
-    fn new(conn: SqliteConnection, broker: Arc<dyn Broker>) -> Writer {
+    fn new(conn: SqliteConnection, broker: Arc<dyn Broker>, counters: Arc<Counters>) -> Writer {
         Writer {
             conn,
             broker,
             last_offsets: HashMap::new(),
+            counters,
         }
     }
 
@@ -213,6 +238,10 @@ impl Writer {
         let (drafts, dones): (Vec<Draft>, Vec<OnDurable>) = batch.drain(..).unzip();
         match self.write(&drafts).await {
             Ok(rows) => {
+                self.counters.commits.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .messages
+                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
                 for (done, row) in dones.into_iter().zip(rows) {
                     let frame = format!("{{\"type\":\"new_message\",\"data\":{}}}", row.data);
                     self.broker.publish(Envelope {

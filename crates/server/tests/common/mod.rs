@@ -19,11 +19,13 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A config for tests: loopback, a fresh data dir, the test secret.
 pub fn test_config(dir: &std::path::Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.listen = "127.0.0.1:0".parse().unwrap();
-    cfg.data_dir = dir.to_path_buf();
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        drain_timeout_secs: 5,
+        ..Config::default()
+    };
     cfg.auth.jwt_secret = Some(SECRET.into());
-    cfg.drain_timeout_secs = 5;
     cfg
 }
 
