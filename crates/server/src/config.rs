@@ -488,6 +488,21 @@ mod tests {
     }
 
     #[test]
+    fn example_file_shows_the_defaults() {
+        let text = include_str!("../../../deploy/switchboard.example.toml");
+        let example: Config = toml::from_str(text).unwrap();
+        assert_eq!(example, Config::default());
+        // Every environment name is documented in the example.
+        for name in env_names().filter(|n| *n != "JWT_SECRET") {
+            let documented = name == "SWITCHBOARD_JWT_SECRET" || text.contains(name);
+            assert!(
+                documented,
+                "{name} is missing from deploy/switchboard.example.toml"
+            );
+        }
+    }
+
+    #[test]
     fn masked_output_hides_secrets() {
         let mut c = Config::default();
         c.auth.jwt_secret = Some("topsecret".into());
