@@ -176,3 +176,75 @@ async fn tokens_without_exp_only_when_allowed() {
     )
     .await;
 }
+
+/// Generates a key pair with the openssl CLI; returns (private PKCS#8 PEM, public PEM).
+fn keypair(dir: &std::path::Path, algorithm: &[&str]) -> (Vec<u8>, std::path::PathBuf) {
+    let private = dir.join("private.pem");
+    let public = dir.join("public.pem");
+    let ok = std::process::Command::new("openssl")
+        .arg("genpkey")
+        .args(algorithm)
+        .arg("-out")
+        .arg(&private)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .expect("openssl is installed")
+        .success();
+    assert!(ok);
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    (std::fs::read(private).unwrap(), public)
+}
+
+#[tokio::test]
+async fn public_key_algorithms() {
+    let cases: [(&str, &[&str], jsonwebtoken::Algorithm); 2] = [
+        (
+            "ES256",
+            &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+            jsonwebtoken::Algorithm::ES256,
+        ),
+        (
+            "RS256",
+            &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+            jsonwebtoken::Algorithm::RS256,
+        ),
+    ];
+    for (name, args, alg) in cases {
+        let keys = tempfile::tempdir().unwrap();
+        let (private, public) = keypair(keys.path(), args);
+        let srv = TestServer::with(|c| {
+            c.auth.jwt_algorithm = name.into();
+            c.auth.jwt_public_key_file = Some(public.clone());
+        })
+        .await;
+        let key = match alg {
+            jsonwebtoken::Algorithm::ES256 => EncodingKey::from_ec_pem(&private).unwrap(),
+            _ => EncodingKey::from_rsa_pem(&private).unwrap(),
+        };
+        let claims = json!({"sub": "pk-user", "exp": now() + 60});
+        let good = jsonwebtoken::encode(&Header::new(alg), &claims, &key).unwrap();
+        let mut c = Client::connect(&srv.url(&good)).await;
+        assert_eq!(
+            c.expect("connected").await["data"]["user"]["id"],
+            "pk-user",
+            "{name}"
+        );
+        // An HS256 token, even one signed with the public key's bytes, is refused.
+        let confused = jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(&std::fs::read(&public).unwrap()),
+        )
+        .unwrap();
+        refused(&srv, srv.url(&confused)).await;
+        refused(&srv, srv.url(&sign(claims.clone(), SECRET))).await;
+    }
+}
