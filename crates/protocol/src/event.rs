@@ -21,6 +21,21 @@ pub fn encode<T: Serialize + ?Sized>(kind: &str, data: &T, reference: Option<&Re
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
+/// Splits a frame made by [`encode`] without a `ref` into its type and its `data`
+/// JSON, without parsing the data: how other wire formats (SSE) reuse one encoding.
+pub fn split_frame(frame: &str) -> Option<(&str, &str)> {
+    let rest = frame.strip_prefix("{\"type\":\"")?;
+    let end = rest.find('"')?;
+    let kind = &rest[..end];
+    if kind.contains('\\') {
+        return None;
+    }
+    let data = rest[end + 1..]
+        .strip_prefix(",\"data\":")?
+        .strip_suffix('}')?;
+    Some((kind, data))
+}
+
 /// Encodes an `error` event.
 pub fn encode_error(err: &ErrorKind, reference: Option<&Ref>) -> String {
     encode(
@@ -207,6 +222,15 @@ mod tests {
         assert_eq!(s, r#"{"type":"pong","data":{"timestamp":5},"ref":"r"}"#);
         let s = encode("pong", &Pong { timestamp: 5 }, None);
         assert_eq!(s, r#"{"type":"pong","data":{"timestamp":5}}"#);
+    }
+
+    #[test]
+    fn split() {
+        let f = encode("new_message", &Pong { timestamp: 5 }, None);
+        assert_eq!(split_frame(&f), Some(("new_message", r#"{"timestamp":5}"#)));
+        assert_eq!(split_frame("nope"), None);
+        let f = encode("we\"ird", &Pong { timestamp: 5 }, None);
+        assert_eq!(split_frame(&f), None);
     }
 
     #[test]

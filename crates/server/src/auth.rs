@@ -5,6 +5,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use switchboard_protocol::{PERSONAL_ROOM_PREFIX, SYSTEM_ROOM, UserInfo};
@@ -230,6 +232,17 @@ pub fn mint(cfg: &AuthConfig, req: TokenRequest<'_>) -> Result<String, KeyError>
     )?)
 }
 
+/// coturn's REST credentials: username `<expiry>:<user>`, credential
+/// base64(HMAC-SHA1(secret, username)).
+pub fn turn_credential(secret: &str, user: &str, expiry: u64) -> (String, String) {
+    let username = format!("{expiry}:{user}");
+    let mut mac =
+        Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(username.as_bytes());
+    let credential = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (username, credential)
+}
+
 /// Parses `30s`, `15m`, `1h`, `7d` or plain seconds.
 pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -310,6 +323,14 @@ mod tests {
         assert!(!glob_match("team-*", "teamx"));
         assert!(glob_match("exact", "exact"));
         assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    #[test]
+    fn turn_credentials_follow_coturn() {
+        // printf '1700000000:alice' | openssl dgst -sha1 -hmac secret -binary | base64
+        let (u, c) = turn_credential("secret", "alice", 1_700_000_000);
+        assert_eq!(u, "1700000000:alice");
+        assert_eq!(c, "d8soP47RbdIKLDUOpnJPVQyq5Ts=");
     }
 
     #[test]

@@ -25,10 +25,37 @@ pub struct Config {
     pub log_format: String,
     /// Seconds a drain (SIGTERM) waits for connections to close before exiting.
     pub drain_timeout_secs: u64,
+    /// Origins allowed to call the HTTP API and SSE from a browser; empty allows none.
+    pub cors_origins: Vec<String>,
+    /// Largest HTTP request body; larger is refused with 413.
+    pub max_body_bytes: usize,
     pub auth: AuthConfig,
     pub ws: WsConfig,
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
+    pub sse: SseConfig,
+    pub ice: IceConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SseConfig {
+    /// Seconds between `ping` events on an SSE stream.
+    pub ping_secs: u64,
+    /// Seconds between `stats` events on the `system` channel.
+    pub stats_interval_secs: u64,
+}
+
+/// STUN and TURN servers handed to clients by `GET /api/ice-servers`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct IceConfig {
+    pub stun_urls: Vec<String>,
+    pub turn_urls: Vec<String>,
+    /// Shared secret of the TURN server (coturn `static-auth-secret`).
+    pub turn_secret: Option<String>,
+    /// Lifetime of TURN credentials.
+    pub turn_ttl_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -104,10 +131,26 @@ impl Default for Config {
             log: "info".into(),
             log_format: "text".into(),
             drain_timeout_secs: 10,
+            cors_origins: Vec::new(),
+            max_body_bytes: 1024 * 1024,
             auth: AuthConfig::default(),
             ws: WsConfig::default(),
             rate_limit: RateLimitConfig::default(),
             store: StoreConfig::default(),
+            sse: SseConfig::default(),
+            ice: IceConfig {
+                turn_ttl_secs: 86400,
+                ..IceConfig::default()
+            },
+        }
+    }
+}
+
+impl Default for SseConfig {
+    fn default() -> Self {
+        SseConfig {
+            ping_secs: 30,
+            stats_interval_secs: 10,
         }
     }
 }
@@ -192,6 +235,14 @@ fn parse_bool(v: &str) -> Result<bool, String> {
     }
 }
 
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn some(v: &str) -> Option<String> {
     Some(v.to_string()).filter(|s| !s.is_empty())
 }
@@ -225,6 +276,38 @@ const ENV: &[(&str, Setter)] = &[
     }),
     ("SWITCHBOARD_DRAIN_TIMEOUT_SECS", |c, v| {
         c.drain_timeout_secs = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_CORS_ORIGINS", |c, v| {
+        c.cors_origins = list(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_MAX_BODY_BYTES", |c, v| {
+        c.max_body_bytes = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_SSE_PING_SECS", |c, v| {
+        c.sse.ping_secs = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_STATS_INTERVAL_SECS", |c, v| {
+        c.sse.stats_interval_secs = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_STUN_URLS", |c, v| {
+        c.ice.stun_urls = list(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_TURN_URLS", |c, v| {
+        c.ice.turn_urls = list(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_TURN_SECRET", |c, v| {
+        c.ice.turn_secret = some(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_TURN_TTL", |c, v| {
+        c.ice.turn_ttl_secs = parse(v)?;
         Ok(())
     }),
     ("JWT_SECRET", |c, v| {
@@ -395,6 +478,19 @@ impl Config {
                 "ws.ping_interval_secs must be positive and at most ws.ping_timeout_secs".into(),
             );
         }
+        if self.sse.ping_secs == 0 || self.sse.stats_interval_secs == 0 {
+            return bad("sse.ping_secs and sse.stats_interval_secs must be positive".into());
+        }
+        if !self.ice.turn_urls.is_empty() && self.ice.turn_secret.is_none() {
+            return bad("ice.turn_urls needs ice.turn_secret (SWITCHBOARD_TURN_SECRET)".into());
+        }
+        for origin in &self.cors_origins {
+            if axum::http::HeaderValue::from_str(origin).is_err() || !origin.contains("://") {
+                return bad(format!(
+                    "cors_origins entry {origin:?} is not an origin like https://app.example"
+                ));
+            }
+        }
         if self.rate_limit.per_sec > 0 && self.rate_limit.burst == 0 {
             return bad("rate_limit.burst must be positive when rate_limit.per_sec is".into());
         }
@@ -411,6 +507,7 @@ impl Config {
         };
         mask(&mut shown.api_key);
         mask(&mut shown.auth.jwt_secret);
+        mask(&mut shown.ice.turn_secret);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

@@ -27,6 +27,7 @@ pub mod broker;
 pub mod config;
 mod http;
 pub mod hub;
+pub mod metrics;
 pub mod store;
 mod transport;
 
@@ -99,12 +100,14 @@ impl ServerBuilder {
             config.node_id = format!("node-{}", &random[random.len() - 8..]);
         }
         let verifier = auth::Verifier::new(&config.auth)?;
+        let metrics = Arc::new(metrics::Metrics::new());
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(
                 &config.data_dir,
                 config.store.synchronous == "full",
                 broker.clone(),
+                metrics.clone(),
             )
             .await?,
         );
@@ -114,6 +117,7 @@ impl ServerBuilder {
             store,
             broker,
             self.handlers,
+            metrics,
         );
         let listener =
             TcpListener::bind(config.listen)
@@ -173,6 +177,24 @@ impl Server {
                 }
             })
         };
+        let stats = {
+            let hub = hub.clone();
+            let period = Duration::from_secs(app.config.sse.stats_interval_secs);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(period);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let stats = hub.stats(None);
+                    hub.publish(
+                        switchboard_protocol::SYSTEM_ROOM.into(),
+                        "stats",
+                        &stats,
+                        None,
+                    );
+                }
+            })
+        };
         let draining = {
             let hub = hub.clone();
             async move {
@@ -182,6 +204,8 @@ impl Server {
             }
         };
         let router = http::router(app.clone());
+        let write_timeout = Duration::from_secs(app.config.ws.write_timeout_secs);
+        let listener = http::listener::GuardedListener::new(listener, write_timeout);
         if let Err(e) = axum::serve(listener, router)
             .with_graceful_shutdown(draining)
             .await
@@ -190,6 +214,7 @@ impl Server {
             hub.drain(CloseCode::GoingAway);
         }
         sweeper.abort();
+        stats.abort();
         app.tracker.close();
         let timeout = Duration::from_secs(app.config.drain_timeout_secs);
         if tokio::time::timeout(timeout, app.tracker.wait())

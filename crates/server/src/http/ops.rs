@@ -1,30 +1,69 @@
-//! Operations routes: `/health` (the process runs) and `/ready` (send it traffic).
+//! Operations routes: `/health` (the process runs), `/ready` (send it traffic) and
+//! `/metrics` (Prometheus).
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
-use serde_json::{Value, json};
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Serialize;
+use utoipa::ToSchema;
 
+use super::error::{ApiError, ErrorBody};
 use crate::app::App;
 
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    status: &'static str,
+    node_id: String,
+    /// Open connections on this node, all transports.
+    connections: u64,
+    /// Seconds since start.
+    uptime: u64,
+}
+
 /// Always 200 while the process runs.
-pub async fn health(State(app): State<App>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "nodeId": app.hub.settings().node_id,
-        "connections": app.hub.connections(),
-        "uptime": app.hub.uptime_secs(),
-    }))
+#[utoipa::path(get, path = "/health", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn health(State(app): State<App>) -> Json<Health> {
+    Json(Health {
+        status: "ok",
+        node_id: app.hub.settings().node_id.clone(),
+        connections: app.hub.connections(),
+        uptime: app.hub.uptime_secs(),
+    })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ready {
+    status: &'static str,
 }
 
 /// 503 while draining, so a load balancer stops sending new clients here.
-pub async fn ready(State(app): State<App>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
+pub async fn ready(State(app): State<App>) -> Result<Json<Ready>, ApiError> {
     if app.hub.is_draining() {
-        (
+        Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"error": {"code": "draining", "message": "server is draining"}})),
-        )
+            "draining",
+            "server is draining",
+        ))
     } else {
-        (StatusCode::OK, Json(json!({"status": "ready"})))
+        Ok(Json(Ready { status: "ready" }))
     }
+}
+
+/// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
+pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    let m = app.hub.metrics();
+    m.rooms.set(app.hub.room_counts().len() as f64);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.render(),
+    )
 }

@@ -17,7 +17,7 @@ use switchboard_protocol::{
     encode, encode_error, now_millis, personal_room,
 };
 
-use super::{Hub, Session, Verdict};
+use super::{Hub, Session, Verdict, Wire};
 use crate::store::{Draft, OnDurable};
 
 /// A custom message type's handler, registered with
@@ -84,7 +84,12 @@ pub(super) enum Announce {
 impl Hub {
     /// Handles one text frame from `session`.
     pub async fn dispatch_text(&self, session: &Arc<Session>, text: &str) {
-        match session.rate.lock().check() {
+        self.inner.metrics.frames_received.increment(1);
+        let verdict = session.rate.lock().check();
+        if verdict != Verdict::Allow {
+            self.inner.metrics.rate_limited.increment(1);
+        }
+        match verdict {
             Verdict::Allow => {}
             Verdict::Reject => {
                 session.push_text(encode_error(&ErrorKind::RateLimited, None));
@@ -130,7 +135,10 @@ impl Hub {
                 ));
                 Ok(())
             }
-            Request::JoinRoom(j) => self.join_room(session, j, r, Announce::JoinedRoom).await,
+            Request::JoinRoom(j) => self
+                .join_room(session, j, r, Announce::JoinedRoom)
+                .await
+                .map(|_| ()),
             Request::LeaveRoom { room_id } => self.leave_room(session, &room_id, r),
             Request::SendMessage(m) => self.send_message(session, m, r).await,
             Request::Typing { room_id, is_typing } => {
@@ -177,7 +185,9 @@ impl Hub {
                     exclusive: true,
                     since: None,
                 };
-                self.join_room(session, join, None, Announce::Joined).await
+                self.join_room(session, join, None, Announce::Joined)
+                    .await
+                    .map(|_| ())
             }
             false => Err(ErrorKind::InvalidRoomId),
         };
@@ -186,24 +196,47 @@ impl Hub {
         }
     }
 
+    /// Subscribes a listener (an SSE stream) to a room, replaying from `since`.
+    /// Returns whether the replay was complete, when one was asked for.
+    pub async fn subscribe(
+        &self,
+        session: &Arc<Session>,
+        room_id: String,
+        since: Option<u64>,
+    ) -> Result<Option<bool>, ErrorKind> {
+        let join = JoinRoom {
+            room_id,
+            exclusive: false,
+            since,
+        };
+        self.join_room(session, join, None, Announce::JoinedRoom)
+            .await
+    }
+
+    /// Joins a room. A listener (SSE) joins quietly: no reply, no announcement.
     pub(super) async fn join_room(
         &self,
         session: &Arc<Session>,
         j: JoinRoom,
         r: Option<&Ref>,
         announce: Announce,
-    ) -> Result<(), ErrorKind> {
+    ) -> Result<Option<bool>, ErrorKind> {
+        let listener = session.wire == Wire::Sse;
         if !self.inner.verifier.may_join(&session.identity, &j.room_id) {
             return Err(ErrorKind::Forbidden);
         }
         let room: Arc<str> = j.room_id.into();
         // Already there (or the personal room, which a session is always in): answer
         // with the room as it is.
-        if session.in_room(&room) || *room == *personal_room(&session.user().id) {
-            let members = self.inner.rooms.members(&room);
-            let others: Vec<_> = members.into_iter().filter(|m| m.id != session.id).collect();
-            session.push_text(room_joined(session, &room, &others, None, r));
-            return Ok(());
+        let own_personal =
+            session.wire == Wire::WebSocket && *room == *personal_room(&session.user().id);
+        if session.in_room(&room) || own_personal {
+            if !listener {
+                let members = self.inner.rooms.members(&room);
+                let others: Vec<_> = members.into_iter().filter(|m| m.id != session.id).collect();
+                session.push_text(room_joined(session, &room, &others, None, r));
+            }
+            return Ok(None);
         }
         if j.exclusive {
             self.leave_all_except(session, &room);
@@ -268,7 +301,7 @@ impl Hub {
                 );
             }
         }
-        Ok(())
+        Ok(recovered)
     }
 
     fn leave_room(
@@ -313,17 +346,23 @@ impl Hub {
         };
         let s = session.clone();
         let r = r.cloned();
-        let done: OnDurable = Box::new(move |result| match result {
-            Ok(c) if r.is_some() => {
-                let ack = Ack {
-                    id: c.id,
-                    offset: Some(c.offset),
-                };
-                s.push_text(encode("ack", &ack, r.as_ref()));
-            }
-            Ok(_) => {}
-            Err(_) => {
-                s.push_text(encode_error(&ErrorKind::Internal, r.as_ref()));
+        let received = std::time::Instant::now();
+        let latency = self.inner.metrics.publish_latency.clone();
+        let done: OnDurable = Box::new(move |result| {
+            match result.inspect(|_| {
+                latency.record(received.elapsed().as_secs_f64());
+            }) {
+                Ok(c) if r.is_some() => {
+                    let ack = Ack {
+                        id: c.id,
+                        offset: Some(c.offset),
+                    };
+                    s.push_text(encode("ack", &ack, r.as_ref()));
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    s.push_text(encode_error(&ErrorKind::Internal, r.as_ref()));
+                }
             }
         });
         self.inner.store.append(draft, done).await.map_err(|e| {
@@ -421,6 +460,10 @@ fn room_joined(
     recovered: Option<bool>,
     r: Option<&Ref>,
 ) -> String {
+    let others: Vec<&Arc<Session>> = others
+        .iter()
+        .filter(|o| o.wire == Wire::WebSocket)
+        .collect();
     let mut seen = HashSet::new();
     let members: Vec<UserInfo> = std::iter::once(session.user())
         .chain(others.iter().map(|o| o.user()))

@@ -26,12 +26,13 @@ use switchboard_protocol::{
 pub use dispatch::{HandlerContext, MessageHandler};
 pub use ratelimit::{RateLimiter, Verdict};
 pub use rooms::RoomIndex;
-pub use session::{OutboxLimits, Outgoing, Session, Text};
+pub use session::{OutboxLimits, Outgoing, Session, Text, Wire};
 
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::{Broker, Envelope};
 use crate::config::Config;
-use crate::store::Store;
+use crate::metrics::Metrics;
+use crate::store::{Committed, Draft, Store, StoreError};
 
 const SESSION_SHARDS: usize = 32;
 
@@ -66,6 +67,22 @@ impl HubSettings {
     }
 }
 
+/// `getStats`: connections and rooms of this node.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    pub total_clients: usize,
+    pub total_rooms: usize,
+    pub clients_by_room: Vec<RoomCount>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomCount {
+    pub room_id: String,
+    pub client_count: usize,
+}
+
 /// Cheap to clone: every clone is the same hub.
 #[derive(Clone)]
 pub struct Hub {
@@ -78,6 +95,7 @@ struct Inner {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     handlers: HashMap<String, MessageHandler>,
+    metrics: Arc<Metrics>,
     rooms: RoomIndex,
     /// Sessions by client id, sharded.
     sessions: Box<[SessionShard]>,
@@ -95,6 +113,7 @@ impl Hub {
         store: Arc<dyn Store>,
         broker: Arc<dyn Broker>,
         handlers: HashMap<String, MessageHandler>,
+        metrics: Arc<Metrics>,
     ) -> Hub {
         let inner = Arc::new(Inner {
             settings,
@@ -102,6 +121,7 @@ impl Hub {
             store,
             broker: broker.clone(),
             handlers,
+            metrics,
             rooms: RoomIndex::default(),
             sessions: (0..SESSION_SHARDS)
                 .map(|_| Mutex::new(HashMap::new()))
@@ -116,7 +136,8 @@ impl Hub {
         let weak: Weak<Inner> = Arc::downgrade(&inner);
         broker.subscribe(Arc::new(move |env: &Envelope| {
             if let Some(inner) = weak.upgrade() {
-                inner.rooms.deliver(env);
+                let n = inner.rooms.deliver(env);
+                inner.metrics.deliveries.increment(n as u64);
             }
         }));
         Hub { inner }
@@ -128,6 +149,14 @@ impl Hub {
 
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.inner.store
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
+    }
+
+    pub fn verifier(&self) -> &Verifier {
+        &self.inner.verifier
     }
 
     /// Seconds since the hub started: the clock of liveness checks.
@@ -160,8 +189,15 @@ impl Hub {
         &self.inner.sessions[i]
     }
 
+    fn connection_gauge(&self, wire: Wire) -> &metrics::Gauge {
+        match wire {
+            Wire::WebSocket => &self.inner.metrics.connections_websocket,
+            Wire::Sse => &self.inner.metrics.connections_sse,
+        }
+    }
+
     /// Registers a new connection and puts it in its personal room.
-    pub fn connect(&self, identity: Identity) -> Arc<Session> {
+    pub fn connect(&self, identity: Identity, wire: Wire) -> Arc<Session> {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let client_id: Box<str> = uuid::Uuid::now_v7().to_string().into();
         let s = &self.inner.settings;
@@ -169,6 +205,7 @@ impl Hub {
             id,
             client_id.clone(),
             identity,
+            wire,
             s.outbox,
             RateLimiter::new(s.rate_per_sec, s.rate_burst),
             self.clock_secs(),
@@ -177,6 +214,7 @@ impl Hub {
             .lock()
             .insert(client_id, session.clone());
         self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        self.connection_gauge(wire).increment(1.0);
         let personal: Arc<str> = personal_room(&session.user().id).into();
         self.inner
             .rooms
@@ -196,9 +234,16 @@ impl Hub {
             return;
         }
         self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+        self.connection_gauge(session.wire).decrement(1.0);
         self.inner
             .rooms
             .leave(&personal_room(&session.user().id), session.id);
+        if session.wire == Wire::Sse {
+            for room in session.take_rooms() {
+                self.inner.rooms.leave(&room, session.id);
+            }
+            return;
+        }
         let event = UserDisconnected {
             user: session.user().clone(),
             timestamp: now_millis(),
@@ -264,13 +309,102 @@ impl Hub {
         let timeout = self.inner.settings.ping_timeout_secs;
         for shard in self.inner.sessions.iter() {
             let sessions: Vec<Arc<Session>> = shard.lock().values().cloned().collect();
-            for s in sessions {
+            for s in sessions.into_iter().filter(|s| s.wire == Wire::WebSocket) {
                 if now.saturating_sub(s.last_seen()) >= timeout {
                     s.close(CloseCode::Timeout);
                 } else {
                     s.push(Outgoing::Ping);
                 }
             }
+        }
+    }
+
+    /// Every session of this node.
+    fn all_sessions(&self) -> Vec<Arc<Session>> {
+        let mut out = Vec::with_capacity(self.connections() as usize);
+        for shard in self.inner.sessions.iter() {
+            out.extend(shard.lock().values().cloned());
+        }
+        out
+    }
+
+    /// Sends `{type: kind, data}` to every connection of this node, on every transport.
+    pub fn broadcast_all<T: Serialize + ?Sized>(&self, kind: &str, data: &T) -> usize {
+        let frame: Text = encode(kind, data, None).into();
+        let mut n = 0;
+        for s in self.all_sessions() {
+            if s.push(Outgoing::Text(frame.clone())) {
+                n += 1;
+            }
+        }
+        self.inner.metrics.deliveries.increment(n as u64);
+        n
+    }
+
+    /// Closes every connection of `user_id` with `code`; returns how many.
+    pub fn disconnect_user(&self, user_id: &str, code: CloseCode) -> usize {
+        let sessions: Vec<_> = self
+            .all_sessions()
+            .into_iter()
+            .filter(|s| s.user().id == user_id)
+            .collect();
+        for s in &sessions {
+            s.close(code);
+        }
+        sessions.len()
+    }
+
+    /// Whether `user_id` has a connection (any transport) in `room`.
+    pub fn user_in_room(&self, user_id: &str, room: &str) -> bool {
+        self.inner
+            .rooms
+            .members(room)
+            .iter()
+            .any(|s| s.user().id == user_id)
+    }
+
+    /// Stores and publishes a message from the server itself (the HTTP API), and waits
+    /// until it is durable.
+    pub async fn publish_durable(&self, draft: Draft) -> Result<Committed, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .store
+            .append(
+                draft,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            )
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The original design's getStats: totals and per-room connection counts, of all
+    /// transports or of one.
+    pub fn stats(&self, wire: Option<Wire>) -> Stats {
+        let mut by_room: HashMap<Arc<str>, usize> = HashMap::new();
+        let mut total = 0;
+        for s in self.all_sessions() {
+            if wire.is_some_and(|w| w != s.wire) {
+                continue;
+            }
+            total += 1;
+            for room in s.rooms() {
+                *by_room.entry(room).or_default() += 1;
+            }
+        }
+        let mut clients_by_room: Vec<RoomCount> = by_room
+            .into_iter()
+            .map(|(room, n)| RoomCount {
+                room_id: room.to_string(),
+                client_count: n,
+            })
+            .collect();
+        clients_by_room.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        Stats {
+            total_clients: total,
+            total_rooms: clients_by_room.len(),
+            clients_by_room,
         }
     }
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::session::{Outgoing, Session, Text};
+use super::session::{Session, Text};
 use crate::broker::Envelope;
 
 const SHARDS: usize = 64;
@@ -124,7 +124,7 @@ impl RoomIndex {
         for (offset, frame) in buffered {
             let seen = matches!((offset, last), (Some(o), Some(upto)) if o <= upto);
             if !seen {
-                session.push(Outgoing::Text(frame));
+                session.push_room_frame(room, offset, frame);
                 last = offset.or(last);
             }
         }

@@ -23,7 +23,42 @@ pub use crate::broker::Text;
 #[derive(Debug, Clone)]
 pub enum Outgoing {
     Text(Text),
+    /// A durable room event, for writers that track positions (SSE event ids).
+    Durable {
+        frame: Text,
+        room: Arc<str>,
+        offset: u64,
+    },
     Ping,
+}
+
+impl Outgoing {
+    fn len(&self) -> usize {
+        match self {
+            Outgoing::Text(t) | Outgoing::Durable { frame: t, .. } => t.len(),
+            Outgoing::Ping => 0,
+        }
+    }
+}
+
+/// How a session reaches its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// The native WebSocket protocol: a participant that sends requests and answers
+    /// pings.
+    WebSocket,
+    /// A Server-Sent Events stream: a listener. It never sends, so liveness is not
+    /// asked of it, and rooms are not told when it comes and goes.
+    Sse,
+}
+
+impl Wire {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wire::WebSocket => "websocket",
+            Wire::Sse => "sse",
+        }
+    }
 }
 
 /// Bounds of every outbox.
@@ -51,6 +86,7 @@ pub struct Session {
     /// The id clients see (`clientId`, `peerId`).
     pub client_id: Box<str>,
     pub identity: Identity,
+    pub wire: Wire,
     /// Rooms the client joined, its personal room excluded.
     rooms: Mutex<Vec<Arc<str>>>,
     outbox: Mutex<Outbox>,
@@ -66,6 +102,7 @@ impl Session {
         id: u64,
         client_id: Box<str>,
         identity: Identity,
+        wire: Wire,
         limits: OutboxLimits,
         rate: RateLimiter,
         now_secs: u64,
@@ -74,6 +111,7 @@ impl Session {
             id,
             client_id,
             identity,
+            wire,
             rooms: Mutex::new(Vec::new()),
             outbox: Mutex::new(Outbox::default()),
             ready: Notify::new(),
@@ -96,16 +134,30 @@ impl Session {
 
     /// Queues a room event, skipping a durable one this session already got by replay.
     pub fn push_event(&self, env: &Envelope) -> bool {
+        self.push_room_frame(&env.room, env.offset, env.frame.clone())
+    }
+
+    /// Queues an event of `room` (durable if it has an offset) in the form this
+    /// session's writer needs.
+    pub fn push_room_frame(&self, room: &Arc<str>, offset: Option<u64>, frame: Text) -> bool {
         let mut q = self.outbox.lock();
-        if let (Some(offset), false) = (env.offset, q.floors.is_empty())
-            && let Some(i) = q.floors.iter().position(|(r, _)| *r == env.room)
+        if let (Some(offset), false) = (offset, q.floors.is_empty())
+            && let Some(i) = q.floors.iter().position(|(r, _)| r == room)
         {
             if offset <= q.floors[i].1 {
                 return true;
             }
             q.floors.swap_remove(i);
         }
-        self.push_locked(q, Outgoing::Text(env.frame.clone()))
+        let frame = match (self.wire, offset) {
+            (Wire::Sse, Some(offset)) => Outgoing::Durable {
+                frame,
+                room: room.clone(),
+                offset,
+            },
+            _ => Outgoing::Text(frame),
+        };
+        self.push_locked(q, frame)
     }
 
     /// Marks `room` as replayed up to `offset` (see `floors`).
@@ -116,10 +168,7 @@ impl Session {
     }
 
     fn push_locked(&self, mut q: parking_lot::MutexGuard<'_, Outbox>, frame: Outgoing) -> bool {
-        let len = match &frame {
-            Outgoing::Text(t) => t.len(),
-            Outgoing::Ping => 0,
-        };
+        let len = frame.len();
         if q.closing.is_some() {
             return false;
         }
@@ -238,6 +287,7 @@ mod tests {
                 },
                 rooms: None,
             },
+            Wire::WebSocket,
             OutboxLimits {
                 max_frames,
                 max_bytes,
@@ -258,7 +308,7 @@ mod tests {
             .iter()
             .map(|f| match f {
                 Outgoing::Text(t) => t.as_str().to_string(),
-                Outgoing::Ping => "ping".into(),
+                _ => "other".into(),
             })
             .collect();
         assert_eq!(texts, ["a", "b"]);

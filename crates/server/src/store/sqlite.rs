@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Committed, Draft, OnDurable, Store, StoreError, StoreStats, StoredMessage};
 use crate::broker::{Broker, Envelope};
+use crate::metrics::Metrics;
 
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -65,6 +66,7 @@ impl SqliteStore {
         dir: &Path,
         synchronous_full: bool,
         broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
     ) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StoreError::Database(format!("cannot create data dir {}: {e}", dir.display()))
@@ -87,7 +89,7 @@ impl SqliteStore {
             .await?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(Writer::new(writer, broker, counters.clone()).run(rx));
+        tokio::spawn(Writer::new(writer, broker, counters.clone(), metrics).run(rx));
         Ok(SqliteStore {
             jobs: tx,
             reads,
@@ -187,6 +189,7 @@ struct Writer {
     /// Last offset of each room written so far; a room not here is read from disk.
     last_offsets: HashMap<Arc<str>, u64>,
     counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
 }
 
 struct Row_ {
@@ -198,12 +201,18 @@ struct Row_ {
 }
 
 impl Writer {
-    fn new(conn: SqliteConnection, broker: Arc<dyn Broker>, counters: Arc<Counters>) -> Writer {
+    fn new(
+        conn: SqliteConnection,
+        broker: Arc<dyn Broker>,
+        counters: Arc<Counters>,
+        metrics: Arc<Metrics>,
+    ) -> Writer {
         Writer {
             conn,
             broker,
             last_offsets: HashMap::new(),
             counters,
+            metrics,
         }
     }
 
@@ -236,8 +245,15 @@ impl Writer {
     /// message in order. On failure nothing is published and every sender hears why.
     async fn commit(&mut self, batch: &mut Vec<(Draft, OnDurable)>) {
         let (drafts, dones): (Vec<Draft>, Vec<OnDurable>) = batch.drain(..).unzip();
-        match self.write(&drafts).await {
+        let started = std::time::Instant::now();
+        let written = self.write(&drafts).await;
+        self.metrics
+            .store_commit_latency
+            .record(started.elapsed().as_secs_f64());
+        match written {
             Ok(rows) => {
+                self.metrics.store_batch_size.record(rows.len() as f64);
+                self.metrics.messages_stored.increment(rows.len() as u64);
                 self.counters.commits.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .messages

@@ -23,21 +23,28 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::app::App;
-use crate::hub::{Hub, Outgoing, Session};
+use crate::hub::{Hub, Outgoing, Session, Wire};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// How long a close frame may take to go out.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 pub struct ConnectParams {
+    /// The user's JWT (or send `Authorization: Bearer`).
     token: Option<String>,
+    /// A room to join at once.
     room: Option<String>,
 }
 
 /// Upgrades the request, then authenticates on the open socket: a bad token gets a
 /// close with 1008, as the protocol says, rather than an HTTP error.
+#[utoipa::path(get, path = "/ws", tag = "events", params(ConnectParams),
+    responses(
+        (status = 101, description = "WebSocket upgrade; the native protocol (docs/protocol.md) follows"),
+        (status = 400, description = "not a WebSocket upgrade request", body = crate::http::error::ErrorBody),
+    ))]
 pub async fn upgrade(
     State(app): State<App>,
     Query(params): Query<ConnectParams>,
@@ -45,11 +52,10 @@ pub async fn upgrade(
     mut req: Request<Body>,
 ) -> Response {
     let Some(key) = handshake_key(&headers) else {
-        return (
-            StatusCode::BAD_REQUEST,
+        return crate::http::error::ApiError::bad_request(
             "expected a WebSocket upgrade (GET with Upgrade: websocket, Sec-WebSocket-Version: 13)",
         )
-            .into_response();
+        .into_response();
     };
     let token = params.token.or_else(|| bearer(&headers));
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -65,8 +71,7 @@ pub async fn upgrade(
         let socket =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
                 .await;
-        let write_timeout = Duration::from_secs(app.config.ws.write_timeout_secs);
-        serve(app.hub.clone(), socket, token, params.room, write_timeout).await;
+        serve(app.hub.clone(), socket, token, params.room).await;
     });
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     Response::builder()
@@ -118,13 +123,7 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-async fn serve(
-    hub: Hub,
-    mut socket: Socket,
-    token: Option<String>,
-    room: Option<String>,
-    write_timeout: Duration,
-) {
+async fn serve(hub: Hub, mut socket: Socket, token: Option<String>, room: Option<String>) {
     if hub.is_draining() {
         close(&mut socket, CloseCode::GoingAway).await;
         return;
@@ -132,12 +131,13 @@ async fn serve(
     let identity = match hub.authenticate(token.as_deref()) {
         Ok(identity) => identity,
         Err(e) => {
+            hub.metrics().auth_failures.increment(1);
             tracing::debug!(reason = %e, "websocket authentication failed");
             close(&mut socket, CloseCode::AuthenticationFailed).await;
             return;
         }
     };
-    let session = hub.connect(identity);
+    let session = hub.connect(identity, Wire::WebSocket);
     tracing::debug!(client = %session.client_id, user = %session.user().id, "connected");
     let hello = Connected {
         client_id: session.client_id.to_string(),
@@ -148,8 +148,11 @@ async fn serve(
     if let Some(room) = room {
         hub.join_on_connect(&session, room).await;
     }
-    let code = drive(&hub, &session, &mut socket, write_timeout).await;
+    let code = drive(&hub, &session, &mut socket).await;
     hub.disconnect(&session);
+    if code == Some(CloseCode::SlowConsumer) {
+        hub.metrics().slow_consumers.increment(1);
+    }
     if let Some(code) = code {
         close(&mut socket, code).await;
     }
@@ -157,12 +160,7 @@ async fn serve(
 }
 
 /// Runs the connection until it ends; returns the close to send, if one should be.
-async fn drive(
-    hub: &Hub,
-    session: &Arc<Session>,
-    socket: &mut Socket,
-    write_timeout: Duration,
-) -> Option<CloseCode> {
+async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option<CloseCode> {
     let mut batch = Vec::new();
     loop {
         tokio::select! {
@@ -170,8 +168,10 @@ async fn drive(
             _ = session.ready() => {
                 let closing = session.take(&mut batch);
                 if !batch.is_empty() {
-                    let written = tokio::time::timeout(write_timeout, write_batch(socket, &mut batch)).await;
-                    if !matches!(written, Ok(Ok(()))) {
+                    hub.metrics().frames_sent.increment(batch.len() as u64);
+                    // A client that stopped reading fails this write after the
+                    // listener's write timeout.
+                    if write_batch(socket, &mut batch).await.is_err() {
                         return None;
                     }
                 }
@@ -208,7 +208,7 @@ async fn drive(
 async fn write_batch(socket: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), WsError> {
     for frame in batch.drain(..) {
         let msg = match frame {
-            Outgoing::Text(t) => Message::Text(t),
+            Outgoing::Text(t) | Outgoing::Durable { frame: t, .. } => Message::Text(t),
             Outgoing::Ping => Message::Ping(Default::default()),
         };
         socket.feed(msg).await?;

@@ -26,6 +26,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         ..Config::default()
     };
     cfg.auth.jwt_secret = Some(SECRET.into());
+    cfg.api_key = Some(API_KEY.into());
     cfg
 }
 
@@ -327,4 +328,105 @@ impl Drop for BinServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: String,
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+/// A real HTTP client reading an SSE stream.
+pub struct SseClient {
+    pub response_headers: reqwest::header::HeaderMap,
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseClient {
+    /// Opens `/events?channels=...` with a token; panics unless the answer is 200.
+    pub async fn open(
+        srv: &TestServer,
+        sub: &str,
+        channels: &str,
+        last_event_id: Option<&str>,
+    ) -> SseClient {
+        let url = srv.http(&format!("/events?channels={channels}&token={}", token(sub)));
+        SseClient::open_url(&url, last_event_id).await
+    }
+
+    pub async fn open_url(url: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut req = reqwest::Client::new().get(url);
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{:?}", resp.text().await);
+        SseClient {
+            response_headers: resp.headers().clone(),
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event; panics after the wait or at the end of the stream.
+    pub async fn next(&mut self) -> SseEvent {
+        self.try_next().await.expect("the stream goes on")
+    }
+
+    /// The next event, or None when the stream ends.
+    pub async fn try_next(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut event = SseEvent {
+                    event: "message".into(),
+                    id: None,
+                    data: Value::Null,
+                };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event: ") {
+                        event.event = v.to_string();
+                    } else if let Some(v) = line.strip_prefix("id: ") {
+                        event.id = Some(v.to_string());
+                    } else if let Some(v) = line.strip_prefix("data: ") {
+                        event.data = serde_json::from_str(v).expect("data is JSON");
+                    }
+                }
+                return Some(event);
+            }
+            let chunk = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("an event arrives in time");
+            match chunk {
+                Some(Ok(bytes)) => self.buf.push_str(std::str::from_utf8(&bytes).unwrap()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Skips events until one named `name`.
+    pub async fn next_of(&mut self, name: &str) -> SseEvent {
+        loop {
+            let e = self.next().await;
+            if e.event == name {
+                return e;
+            }
+        }
+    }
+}
+
+/// An HTTP client with the server API key.
+pub const API_KEY: &str = "test-api-key";
+
+pub fn admin() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-api-key", API_KEY.parse().unwrap());
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
 }

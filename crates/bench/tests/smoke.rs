@@ -1,0 +1,312 @@
+//! Smoke tests: each scenario, small and short, against a real server started in
+//! this process. They check the accounting (nothing lost, figures present), never
+//! timings.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard::{Config, Server};
+use switchboard_bench::connect::{self, ConnectOptions};
+use switchboard_bench::durable::{self, DurableOptions};
+use switchboard_bench::echo::{self, EchoOptions};
+use switchboard_bench::fanout::{self, FanoutOptions};
+use switchboard_bench::{BenchError, Report, Target, TargetArgs};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+const SECRET: &str = "smoke-secret";
+
+/// A server on a free loopback port with its own data dir and no rate limit.
+struct TestServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            drain_timeout_secs: 5,
+            ..Config::default()
+        };
+        cfg.auth.jwt_secret = Some(SECRET.into());
+        cfg.rate_limit.per_sec = 0;
+        let server = Server::builder().config(cfg).bind().await.unwrap();
+        let addr = server.local_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run_until(async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(tx),
+            handle: Some(handle),
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    async fn target(&self) -> Target {
+        Target::resolve(&TargetArgs::new(self.url(), SECRET))
+            .await
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(Duration::from_secs(10), h)
+                .await
+                .expect("the server stops")
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_opens_holds_and_measures_the_server() {
+    let server = TestServer::start().await;
+    let opts = ConnectOptions {
+        connections: 20,
+        hold: 0.5,
+        server_pid: None,
+    };
+    let r = connect::run(&server.target().await, &opts, false)
+        .await
+        .unwrap();
+    assert_eq!((r.opened, r.failed, r.dropped), (20, 0, 0), "{r}");
+    assert_eq!(r.connect_latency.unwrap().count, 20);
+    assert!(r.connects_per_sec > 0.0);
+    // The server runs in this process: found by its port.
+    assert_eq!(r.server_pid, Some(std::process::id()));
+    assert!(r.rss_before_bytes.is_some() && r.rss_per_connection_bytes.is_some());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_counts_refused_tokens_as_failures() {
+    let server = TestServer::start().await;
+    let target = Target::resolve(&TargetArgs::new(server.url(), "wrong-secret"))
+        .await
+        .unwrap();
+    let opts = ConnectOptions {
+        connections: 3,
+        hold: 0.0,
+        server_pid: None,
+    };
+    let r = connect::run(&target, &opts, false).await.unwrap();
+    assert_eq!((r.opened, r.failed), (0, 3));
+    assert!(r.first_error.unwrap().contains("1008"));
+    server.stop().await;
+}
+
+fn fanout_options() -> FanoutOptions {
+    FanoutOptions {
+        subscribers: 20,
+        publishers: 2,
+        rate: 100.0,
+        duration: 1.0,
+        size: 32,
+        max: false,
+        window: 16,
+        grace: 5.0,
+        room: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_at_a_rate_delivers_everything() {
+    let server = TestServer::start().await;
+    let r = fanout::run(&server.target().await, &fanout_options(), false)
+        .await
+        .unwrap();
+    assert!(r.sent > 0, "{r}");
+    assert_eq!(r.loss.expected, r.sent * 20);
+    assert_eq!(
+        (r.loss.lost, r.duplicates, r.dropped, r.errors),
+        (0, 0, 0, 0),
+        "{r}"
+    );
+    assert_eq!(r.loss.delivered, r.loss.expected);
+    assert_eq!(r.publisher_echoes, r.sent, "each publisher sees its own");
+    let latency = r.latency.expect("latency recorded");
+    assert_eq!(latency.count, r.loss.delivered);
+    assert!(latency.p50_us <= latency.p99_us && latency.p99_us <= latency.max_us);
+    assert!(r.deliveries_per_sec > 0.0);
+
+    let json: serde_json::Value = serde_json::from_str(&Report::Fanout(r).to_json()).unwrap();
+    assert_eq!(json["scenario"], "fanout");
+    assert_eq!(json["lost"], 0);
+    assert!(json["latency"]["p99_us"].is_u64());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_max_keeps_a_window_and_loses_nothing() {
+    let server = TestServer::start().await;
+    let opts = FanoutOptions {
+        subscribers: 10,
+        publishers: 1,
+        max: true,
+        window: 4,
+        ..fanout_options()
+    };
+    let r = fanout::run(&server.target().await, &opts, false)
+        .await
+        .unwrap();
+    assert!(r.sent > 0, "{r}");
+    assert_eq!((r.loss.lost, r.duplicates, r.dropped), (0, 0, 0), "{r}");
+    assert_eq!(r.loss.delivered, r.sent * 10);
+    assert_eq!((r.target_rate, r.window), (None, Some(4)));
+    assert!(r.latency.is_some());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trips() {
+    let server = TestServer::start().await;
+    let opts = EchoOptions {
+        connections: 20,
+        duration: 1.0,
+    };
+    let r = echo::run(&server.target().await, &opts, false)
+        .await
+        .unwrap();
+    assert!(r.pings > 0, "{r}");
+    assert_eq!((r.timeouts, r.dropped), (0, 0), "{r}");
+    assert_eq!(r.rtt.unwrap().count, r.pings);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_acks_every_send() {
+    let server = TestServer::start().await;
+    let opts = DurableOptions {
+        publishers: 2,
+        window: 8,
+        duration: 1.0,
+        size: 32,
+        grace: 5.0,
+    };
+    let r = durable::run(&server.target().await, &opts, false)
+        .await
+        .unwrap();
+    assert!(r.sent > 0, "{r}");
+    assert_eq!(r.acked, r.sent, "{r}");
+    assert_eq!((r.unacked, r.errors, r.dropped), (0, 0, 0), "{r}");
+    assert_eq!(r.ack_latency.unwrap().count, r.acked);
+    assert!(r.acked_per_sec > 0.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_failures_name_the_cause() {
+    let server = TestServer::start().await;
+    let target = Target::resolve(&TargetArgs::new(server.url(), "wrong-secret"))
+        .await
+        .unwrap();
+    let err = echo::run(
+        &target,
+        &EchoOptions {
+            connections: 2,
+            duration: 1.0,
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BenchError::Setup { failed: 2, .. }), "{err}");
+    assert!(err.to_string().contains("Authentication failed"), "{err}");
+    server.stop().await;
+}
+
+/// The binary end to end: flags parse, and `--json` prints one JSON line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_prints_one_json_line() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+            .args(["echo", "-n", "2", "-d", "0.5", "--json", "--url", &url])
+            .args(["--jwt-secret", SECRET])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["scenario"], "echo");
+    assert!(json["pings"].as_u64().unwrap() > 0);
+    server.stop().await;
+}
+
+#[test]
+fn every_scenario_documents_its_flags() {
+    let flags: &[(&str, &[&str])] = &[
+        ("connect", &["--connections", "--hold", "--server-pid"]),
+        (
+            "fanout",
+            &[
+                "--subscribers",
+                "--publishers",
+                "--rate",
+                "--duration",
+                "--size",
+                "--max",
+                "--window",
+                "--grace",
+                "--room",
+            ],
+        ),
+        ("echo", &["--connections", "--duration"]),
+        (
+            "durable",
+            &[
+                "--publishers",
+                "--window",
+                "--duration",
+                "--size",
+                "--grace",
+            ],
+        ),
+    ];
+    let common = [
+        "--url",
+        "--jwt-secret",
+        "--connect-concurrency",
+        "--connect-timeout",
+        "--no-spread",
+        "--json",
+        "--quiet",
+    ];
+    for (scenario, own) in flags {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+            .args([scenario, "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8(out.stdout).unwrap();
+        for flag in own.iter().chain(&common) {
+            assert!(
+                help.contains(flag),
+                "{scenario} --help lacks {flag}:\n{help}"
+            );
+        }
+    }
+}

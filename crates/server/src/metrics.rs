@@ -1,0 +1,135 @@
+//! Prometheus metrics: one recorder per server (no global), handles resolved once so
+//! the hot path only touches atomics.
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1024.0];
+
+pub struct Metrics {
+    render: PrometheusHandle,
+    pub connections_websocket: Gauge,
+    pub connections_sse: Gauge,
+    pub rooms: Gauge,
+    pub frames_received: Counter,
+    pub frames_sent: Counter,
+    pub messages_stored: Counter,
+    pub deliveries: Counter,
+    pub slow_consumers: Counter,
+    pub rate_limited: Counter,
+    pub auth_failures: Counter,
+    pub publish_latency: Histogram,
+    pub store_commit_latency: Histogram,
+    pub store_batch_size: Histogram,
+}
+
+/// Every metric name, with its help text: what docs/operations.md lists.
+pub const NAMES: &[(&str, &str)] = &[
+    ("switchboard_connections", "open connections, by transport"),
+    (
+        "switchboard_rooms",
+        "rooms with at least one member on this node",
+    ),
+    (
+        "switchboard_frames_received_total",
+        "frames received from clients",
+    ),
+    ("switchboard_frames_sent_total", "frames written to clients"),
+    (
+        "switchboard_messages_stored_total",
+        "room messages made durable",
+    ),
+    (
+        "switchboard_deliveries_total",
+        "room events queued to a member",
+    ),
+    (
+        "switchboard_slow_consumers_total",
+        "connections closed because their outbox overflowed (1013)",
+    ),
+    (
+        "switchboard_rate_limited_total",
+        "client messages refused by the rate limit",
+    ),
+    (
+        "switchboard_auth_failures_total",
+        "connections or requests refused for a bad token or key",
+    ),
+    (
+        "switchboard_publish_latency_seconds",
+        "send_message received to durable and published",
+    ),
+    (
+        "switchboard_store_commit_latency_seconds",
+        "one store transaction",
+    ),
+    (
+        "switchboard_store_batch_size",
+        "messages per store transaction",
+    ),
+];
+
+fn meta() -> Metadata<'static> {
+    Metadata::new(module_path!(), Level::INFO, None)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let recorder: PrometheusRecorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(
+                    Matcher::Full("switchboard_store_batch_size".into()),
+                    BATCH_BUCKETS,
+                )
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        for (name, help) in NAMES {
+            recorder.describe_counter((*name).into(), None, (*help).into());
+        }
+        let counter =
+            |name: &'static str| recorder.register_counter(&Key::from_static_name(name), &meta());
+        let histogram =
+            |name: &'static str| recorder.register_histogram(&Key::from_static_name(name), &meta());
+        let connections = |transport: &'static str| {
+            let key = Key::from_parts(
+                "switchboard_connections",
+                vec![Label::new("transport", transport)],
+            );
+            recorder.register_gauge(&key, &meta())
+        };
+        Metrics {
+            render: recorder.handle(),
+            connections_websocket: connections("websocket"),
+            connections_sse: connections("sse"),
+            rooms: recorder.register_gauge(&Key::from_static_name("switchboard_rooms"), &meta()),
+            frames_received: counter("switchboard_frames_received_total"),
+            frames_sent: counter("switchboard_frames_sent_total"),
+            messages_stored: counter("switchboard_messages_stored_total"),
+            deliveries: counter("switchboard_deliveries_total"),
+            slow_consumers: counter("switchboard_slow_consumers_total"),
+            rate_limited: counter("switchboard_rate_limited_total"),
+            auth_failures: counter("switchboard_auth_failures_total"),
+            publish_latency: histogram("switchboard_publish_latency_seconds"),
+            store_commit_latency: histogram("switchboard_store_commit_latency_seconds"),
+            store_batch_size: histogram("switchboard_store_batch_size"),
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.render.render()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
