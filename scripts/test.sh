@@ -4,8 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Services and tools the suite needs are started or installed here. So far the suite
-# needs nothing beyond the Rust toolchain: the store is an embedded SQLite file.
+# Services and tools the suite needs are started or installed here: the store is an
+# embedded SQLite file, so the Rust toolchain does most; the key-pair tests use the
+# openssl CLI and the HTTP fuzzing uses Python (schemathesis, installed by its script).
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need openssl || ! need curl || ! need python3; then
+  apt-get update -qq && apt-get install -y -qq openssl curl python3 python3-pip >/dev/null
+fi
 
 # Load and durability tests open many sockets and files.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -15,3 +20,6 @@ cargo build --release --workspace --all-targets --locked
 
 echo "== tests"
 cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+
+echo "== HTTP API fuzzing (schemathesis against /openapi.json)"
+scripts/fuzz-http.sh

@@ -76,12 +76,25 @@ pub struct SendPrivateMessage {
     pub kind: String,
 }
 
-/// `history`: the newest `limit` before `before`, or the oldest `limit` after `since`.
+/// `history`: the newest `limit` before `before`, the oldest `limit` after `since`,
+/// or, with both, the oldest `limit` strictly between them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryRange {
     Before(u64),
     Since(u64),
+    Between { since: u64, before: u64 },
     Latest,
+}
+
+impl HistoryRange {
+    pub fn new(before: Option<u64>, since: Option<u64>) -> HistoryRange {
+        match (before, since) {
+            (Some(before), Some(since)) => HistoryRange::Between { since, before },
+            (Some(b), None) => HistoryRange::Before(b),
+            (None, Some(s)) => HistoryRange::Since(s),
+            (None, None) => HistoryRange::Latest,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -276,16 +289,7 @@ impl Request {
                 file_id: p.file_id.unwrap_or_default(),
             },
             "history" => {
-                let range = match (p.before, p.since) {
-                    (Some(_), Some(_)) => {
-                        return Err(ErrorKind::InvalidPayload(
-                            "give either before or since, not both".into(),
-                        ));
-                    }
-                    (Some(b), None) => HistoryRange::Before(b),
-                    (None, Some(s)) => HistoryRange::Since(s),
-                    (None, None) => HistoryRange::Latest,
-                };
+                let range = HistoryRange::new(p.before, p.since);
                 Request::History(HistoryQuery {
                     room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
                     range,

@@ -59,6 +59,32 @@ fn require_user(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
         })
 }
 
+/// A room id in a path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RoomPath {
+    /// Room id: 1-128 characters of `A-Za-z0-9_-.:@`.
+    #[param(pattern = r"^[A-Za-z0-9_.:@-]{1,128}$")]
+    room: String,
+}
+
+/// Schema of a field that takes any JSON value except null and the empty string.
+fn any_but_null() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
+    let one_of = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .min_length(Some(1)),
+        )
+        .item(ObjectBuilder::new().schema_type(Type::Number))
+        .item(ObjectBuilder::new().schema_type(Type::Boolean))
+        .item(ObjectBuilder::new().schema_type(Type::Object))
+        .item(ArrayBuilder::new())
+        .build();
+    Schema::OneOf(one_of)
+}
+
 fn room_param(room: &str) -> Result<(), ApiError> {
     if is_valid_room_id(room) {
         Ok(())
@@ -117,6 +143,7 @@ pub async fn socket_stats(
 #[derive(Deserialize, ToSchema)]
 pub struct BroadcastRequest {
     /// The announcement.
+    #[schema(min_length = 1)]
     message: String,
     /// Its kind, e.g. `maintenance` (default `announcement`).
     #[serde(rename = "type")]
@@ -132,7 +159,7 @@ pub struct Delivered {
 /// `system_message {type, content, timestamp}` to every connection, every transport.
 #[utoipa::path(post, path = "/admin/broadcast", tag = "server",
     security(("api_key" = [])), request_body = BroadcastRequest,
-    responses((status = 200, body = Delivered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = Delivered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn admin_broadcast(
     State(app): State<App>,
     headers: HeaderMap,
@@ -158,11 +185,12 @@ pub async fn admin_broadcast(
 #[derive(Deserialize, ToSchema)]
 pub struct EventRequest {
     /// Event type the members receive (`[A-Za-z0-9_.:-]`, at most 64 characters).
+    #[schema(pattern = r"^[A-Za-z0-9_.:-]{1,64}$")]
     event: String,
-    /// The event's payload.
-    #[schema(value_type = Object)]
+    /// The event's payload: any JSON.
     data: Value,
     /// The room (channel) to publish to.
+    #[schema(pattern = r"^[A-Za-z0-9_.:@-]{1,128}$")]
     channel: String,
 }
 
@@ -182,7 +210,7 @@ fn valid_event_name(name: &str) -> bool {
 /// transport (SSE subscribers get an event named `event`).
 #[utoipa::path(post, path = "/events/broadcast", tag = "server",
     security(("api_key" = [])), request_body = EventRequest,
-    responses((status = 200, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn events_broadcast(
     State(app): State<App>,
     headers: HeaderMap,
@@ -204,8 +232,11 @@ pub async fn events_broadcast(
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NotificationRequest {
+    /// The user: 1-123 characters of `A-Za-z0-9_-.:@`.
+    #[schema(pattern = r"^[A-Za-z0-9_.:@-]{1,123}$")]
     user_id: String,
-    #[schema(value_type = Object)]
+    /// Any JSON but null or the empty string.
+    #[schema(schema_with = any_but_null)]
     message: Value,
     /// Default `info`.
     #[serde(rename = "type")]
@@ -216,7 +247,7 @@ pub struct NotificationRequest {
 /// `user:<id>` room).
 #[utoipa::path(post, path = "/notifications", tag = "server",
     security(("api_key" = [])), request_body = NotificationRequest,
-    responses((status = 200, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody)))]
+    responses((status = 200, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn notify(
     State(app): State<App>,
     headers: HeaderMap,
@@ -230,7 +261,7 @@ pub async fn notify(
             "userId must be 1-123 characters of A-Za-z0-9_-.:@",
         ));
     }
-    if req.message.is_null() {
+    if req.message.is_null() || req.message.as_str() == Some("") {
         return Err(ApiError::bad_request("message is required"));
     }
     let event = Notification {
@@ -248,13 +279,13 @@ pub async fn notify(
 #[derive(Deserialize, ToSchema)]
 pub struct PublishRequest {
     /// Any JSON but null or the empty string.
-    #[schema(value_type = Object)]
+    #[schema(schema_with = any_but_null)]
     content: Value,
     /// Default `text`.
     #[serde(rename = "type")]
     kind: Option<String>,
     /// An object, default `{}`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>, required = false)]
     metadata: Option<Value>,
 }
 
@@ -277,11 +308,11 @@ fn server_sender() -> UserInfo {
 /// `new_message`; answers once it is stored.
 #[utoipa::path(post, path = "/api/rooms/{room}/publish", tag = "server",
     security(("api_key" = [])), request_body = PublishRequest,
-    params(("room" = String, Path, description = "room id")),
-    responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    params(RoomPath),
+    responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 500, body = ErrorBody)))]
 pub async fn publish(
     State(app): State<App>,
-    Path(room): Path<String>,
+    Path(RoomPath { room }): Path<RoomPath>,
     headers: HeaderMap,
     body: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Result<Json<PublishResponse>, ApiError> {
@@ -341,7 +372,7 @@ pub async fn disconnect_user(
 
 #[derive(Deserialize, IntoParams)]
 pub struct MessagesQuery {
-    /// Newest messages with an offset below this.
+    /// Newest messages with an offset below this (with `since`: the oldest between).
     before: Option<u64>,
     /// Oldest messages with an offset above this.
     since: Option<u64>,
@@ -361,27 +392,18 @@ pub struct MessagesResponse {
 /// A room's history, for a user with a connection in the room.
 #[utoipa::path(get, path = "/api/rooms/{room}/messages", tag = "user",
     security(("bearer" = [])),
-    params(("room" = String, Path, description = "room id"), MessagesQuery),
+    params(RoomPath, MessagesQuery),
     responses((status = 200, body = MessagesResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 500, body = ErrorBody)))]
 pub async fn messages(
     State(app): State<App>,
-    Path(room): Path<String>,
+    Path(RoomPath { room }): Path<RoomPath>,
     query: Result<Query<MessagesQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<MessagesResponse>, ApiError> {
     let identity = require_user(&app, &headers)?;
     room_param(&room)?;
     let Query(q) = query?;
-    let range = match (q.before, q.since) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::bad_request(
-                "give either before or since, not both",
-            ));
-        }
-        (Some(b), None) => HistoryRange::Before(b),
-        (None, Some(s)) => HistoryRange::Since(s),
-        (None, None) => HistoryRange::Latest,
-    };
+    let range = HistoryRange::new(q.before, q.since);
     if !app.hub.verifier().may_join(&identity, &room)
         || !app.hub.user_in_room(&identity.user.id, &room)
     {

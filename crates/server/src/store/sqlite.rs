@@ -130,6 +130,18 @@ impl Store for SqliteStore {
                         .fetch_all(&self.reads)
                         .await?
                     }
+                    HistoryRange::Between { since, before } => {
+                        sqlx::query(
+                            "SELECT seq, data FROM messages WHERE room = ? AND seq > ? AND seq < ? \
+                         ORDER BY seq ASC LIMIT ?",
+                        )
+                        .bind(room)
+                        .bind(since.min(i64::MAX as u64) as i64)
+                        .bind(before.min(i64::MAX as u64) as i64)
+                        .bind(limit)
+                        .fetch_all(&self.reads)
+                        .await?
+                    }
                     HistoryRange::Before(before) => {
                         sqlx::query(
                             "SELECT seq, data FROM messages WHERE room = ? AND seq < ? \
@@ -156,7 +168,7 @@ impl Store for SqliteStore {
                     data: r.get(1),
                 })
                 .collect();
-            if !matches!(range, HistoryRange::Since(_)) {
+            if matches!(range, HistoryRange::Before(_) | HistoryRange::Latest) {
                 out.reverse();
             }
             Ok(out)
