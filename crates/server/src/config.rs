@@ -86,7 +86,8 @@ pub struct WsConfig {
     pub outbox_max_frames: usize,
     /// Bytes a connection's outbox holds before the connection is a slow consumer (1013).
     pub outbox_max_bytes: usize,
-    /// Socket read chunk per connection; resident for every connection.
+    /// Socket read chunk per connection; resident (zero-filled) for every connection,
+    /// so it is small: a larger message takes more reads, not more memory.
     pub read_buffer_bytes: usize,
     /// Bytes written per flush at most; resident once a connection has sent a batch.
     pub write_buffer_bytes: usize,
@@ -175,7 +176,7 @@ impl Default for WsConfig {
             max_message_bytes: 1024 * 1024,
             outbox_max_frames: 4096,
             outbox_max_bytes: 8 * 1024 * 1024,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 16 * 1024,
             write_timeout_secs: 30,
             ping_interval_secs: 30,

@@ -82,8 +82,14 @@ pub(super) enum Announce {
 }
 
 impl Hub {
-    /// Handles one text frame from `session`.
-    pub async fn dispatch_text(&self, session: &Arc<Session>, text: &str) {
+    /// Handles one text frame from `session`. Most requests are handled at once;
+    /// those that must wait (for the store or a custom handler) come back as a boxed
+    /// future for the caller to await, so a connection's task stays small while idle.
+    pub fn dispatch_text<'a>(
+        &'a self,
+        session: &'a Arc<Session>,
+        text: &str,
+    ) -> Option<BoxFuture<'a, ()>> {
         self.inner.metrics.frames_received.increment(1);
         let verdict = session.rate.lock().check();
         if verdict != Verdict::Allow {
@@ -93,75 +99,85 @@ impl Hub {
             Verdict::Allow => {}
             Verdict::Reject => {
                 session.push_text(encode_error(&ErrorKind::RateLimited, None));
-                return;
+                return None;
             }
             Verdict::Disconnect => {
                 tracing::info!(client = %session.client_id, user = %session.user().id, "rate limit persistently exceeded");
                 session.close(CloseCode::RateLimited);
-                return;
+                return None;
             }
         }
         let frame = match Frame::parse(text) {
             Ok(f) => f,
             Err(e) => {
                 session.push_text(encode_error(&e, None));
-                return;
+                return None;
             }
         };
         let r = frame.reference;
-        let result = match frame.request {
-            Ok(req) => self.handle(session, req, r.as_ref()).await,
-            Err(e) => Err(e),
+        let answer = match frame.request {
+            Ok(req) => self.handle_now(session, req, r.as_ref()),
+            Err(e) => Ok(Err(e)),
         };
-        if let Err(e) = result {
-            session.push_text(encode_error(&e, r.as_ref()));
+        match answer {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => {
+                session.push_text(encode_error(&e, r.as_ref()));
+                None
+            }
+            Err(req) => Some(Box::pin(async move {
+                if let Err(e) = self.handle_later(session, req, r.as_ref()).await {
+                    session.push_text(encode_error(&e, r.as_ref()));
+                }
+            })),
         }
     }
 
-    async fn handle(
+    /// Handles what needs no waiting; gives back the requests that do.
+    fn handle_now(
         &self,
         session: &Arc<Session>,
         req: Request,
         r: Option<&Ref>,
-    ) -> Result<(), ErrorKind> {
-        match req {
+    ) -> Result<Result<(), ErrorKind>, Request> {
+        Ok(match req {
             Request::Ping => {
-                session.push_text(encode(
-                    "pong",
-                    &Pong {
-                        timestamp: now_millis(),
-                    },
-                    r,
-                ));
-                Ok(())
-            }
-            Request::JoinRoom(j) => self
-                .join_room(session, j, r, Announce::JoinedRoom)
-                .await
-                .map(|_| ()),
-            Request::LeaveRoom { room_id } => self.leave_room(session, &room_id, r),
-            Request::SendMessage(m) => self.send_message(session, m, r).await,
-            Request::Typing { room_id, is_typing } => {
-                if !session.in_room(&room_id) {
-                    return Err(ErrorKind::NotInRoom);
-                }
-                let event = TypingStatus {
-                    user: session.user().clone(),
-                    room_id: room_id.clone(),
-                    is_typing,
+                let pong = Pong {
                     timestamp: now_millis(),
                 };
-                self.publish(room_id.into(), "typing_status", &event, Some(session.id));
+                session.push_text(encode("pong", &pong, r));
                 Ok(())
             }
+            Request::LeaveRoom { room_id } => self.leave_room(session, &room_id, r),
+            Request::Typing { room_id, is_typing } => self.typing(session, room_id, is_typing),
             Request::SendPrivateMessage(p) => {
                 self.send_private_message(session, p, r);
                 Ok(())
             }
             Request::UpdateStatus { .. } => Err(ErrorKind::NotSupported("update_status")),
             Request::ShareFile { .. } => Err(ErrorKind::NotSupported("share_file")),
-            Request::History(q) => self.history(session, q, r).await,
             Request::Rtc(sig) => self.relay_rtc(session, sig),
+            Request::Custom { kind, .. } if !self.inner.handlers.contains_key(&kind) => {
+                Err(ErrorKind::UnknownType(kind))
+            }
+            later => return Err(later),
+        })
+    }
+
+    /// Handles the requests that wait for the store or a custom handler.
+    async fn handle_later(
+        &self,
+        session: &Arc<Session>,
+        req: Request,
+        r: Option<&Ref>,
+    ) -> Result<(), ErrorKind> {
+        match req {
+            Request::JoinRoom(j) => self
+                .join_room(session, j, r, Announce::JoinedRoom)
+                .await
+                .map(|_| ()),
+            Request::SendMessage(m) => self.send_message(session, m, r).await,
+            Request::History(q) => self.history(session, q, r).await,
             Request::Custom { kind, data } => {
                 let Some(handler) = self.inner.handlers.get(&kind).cloned() else {
                     return Err(ErrorKind::UnknownType(kind));
@@ -173,7 +189,24 @@ impl Hub {
                 };
                 handler(ctx, data).await.map_err(ErrorKind::Handler)
             }
+            other => self
+                .handle_now(session, other, r)
+                .unwrap_or(Err(ErrorKind::Internal)),
         }
+    }
+
+    fn typing(&self, session: &Session, room_id: String, is_typing: bool) -> Result<(), ErrorKind> {
+        if !session.in_room(&room_id) {
+            return Err(ErrorKind::NotInRoom);
+        }
+        let event = TypingStatus {
+            user: session.user().clone(),
+            room_id: room_id.clone(),
+            is_typing,
+            timestamp: now_millis(),
+        };
+        self.publish(room_id.into(), "typing_status", &event, Some(session.id));
+        Ok(())
     }
 
     /// Joins the room named at connect (`?room=`); the room hears `user_joined`.

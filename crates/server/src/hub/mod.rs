@@ -36,7 +36,8 @@ use crate::store::{Committed, Draft, Store, StoreError};
 
 const SESSION_SHARDS: usize = 32;
 
-type SessionShard = Mutex<HashMap<Box<str>, Arc<Session>>>;
+/// Keyed by the session's own client id string (shared, not copied).
+type SessionShard = Mutex<HashMap<Arc<str>, Arc<Session>>>;
 
 /// What the hub needs from the config, copied once.
 #[derive(Debug, Clone)]
@@ -199,7 +200,7 @@ impl Hub {
     /// Registers a new connection and puts it in its personal room.
     pub fn connect(&self, identity: Identity, wire: Wire) -> Arc<Session> {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let client_id: Box<str> = uuid::Uuid::now_v7().to_string().into();
+        let client_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         let s = &self.inner.settings;
         let session = Arc::new(Session::new(
             id,

@@ -16,6 +16,7 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use smallvec::SmallVec;
 
 use super::session::{Session, Text};
 use crate::broker::Envelope;
@@ -24,7 +25,8 @@ const SHARDS: usize = 64;
 
 #[derive(Default)]
 struct Room {
-    members: Vec<Arc<Session>>,
+    /// Inline for one member: most rooms are personal rooms with one device.
+    members: SmallVec<[Arc<Session>; 1]>,
     recovering: Vec<Recovery>,
 }
 
@@ -157,7 +159,7 @@ impl RoomIndex {
         self.shard(room)
             .lock()
             .get(room)
-            .map(|r| r.members.clone())
+            .map(|r| r.members.to_vec())
             .unwrap_or_default()
     }
 

@@ -84,7 +84,7 @@ pub struct Session {
     /// Node-local number, used to compare sessions cheaply.
     pub id: u64,
     /// The id clients see (`clientId`, `peerId`).
-    pub client_id: Box<str>,
+    pub client_id: Arc<str>,
     pub identity: Identity,
     pub wire: Wire,
     /// Rooms the client joined, its personal room excluded.
@@ -100,7 +100,7 @@ pub struct Session {
 impl Session {
     pub(super) fn new(
         id: u64,
-        client_id: Box<str>,
+        client_id: Arc<str>,
         identity: Identity,
         wire: Wire,
         limits: OutboxLimits,

@@ -60,19 +60,17 @@ pub async fn upgrade(
     let token = params.token.or_else(|| bearer(&headers));
     let on_upgrade = hyper::upgrade::on(&mut req);
     let ws_config = socket_config(&app);
-    app.tracker.spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
-        serve(app.hub.clone(), socket, token, params.room).await;
-    });
+    let hub = app.hub.clone();
+    let room = params.room;
+    // The task lives as long as the connection: everything it holds is held by every
+    // idle connection, so the one-off steps (upgrade, closing) are boxed and freed.
+    let task = async move {
+        let opened = Box::pin(open(&hub, on_upgrade, ws_config, token, room)).await;
+        if let Some((socket, session)) = opened {
+            serve(hub, socket, session).await;
+        }
+    };
+    app.tracker.spawn(task);
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -81,6 +79,54 @@ pub async fn upgrade(
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
         .body(Body::empty())
         .expect("static response parts are valid")
+}
+
+/// Completes the upgrade and authenticates; says hello and joins the `room` of the
+/// URL. Returns the open connection, or None once a refused one is closed. The socket
+/// is boxed: a future keeps a moved value in more than one slot, and the connection's
+/// task would otherwise keep it several times.
+async fn open(
+    hub: &Hub,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    config: WebSocketConfig,
+    token: Option<String>,
+    room: Option<String>,
+) -> Option<(Box<Socket>, Arc<Session>)> {
+    let upgraded = match on_upgrade.await {
+        Ok(upgraded) => upgraded,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    let mut socket = Box::new(
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await,
+    );
+    if hub.is_draining() {
+        close(&mut socket, CloseCode::GoingAway).await;
+        return None;
+    }
+    let identity = match hub.authenticate(token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            hub.metrics().auth_failures.increment(1);
+            tracing::debug!(reason = %e, "websocket authentication failed");
+            close(&mut socket, CloseCode::AuthenticationFailed).await;
+            return None;
+        }
+    };
+    let session = hub.connect(identity, Wire::WebSocket);
+    tracing::debug!(client = %session.client_id, user = %session.user().id, "connected");
+    let hello = Connected {
+        client_id: session.client_id.to_string(),
+        user: session.user().clone(),
+        timestamp: now_millis(),
+    };
+    session.push_text(encode("connected", &hello, None));
+    if let Some(room) = room {
+        hub.join_on_connect(&session, room).await;
+    }
+    Some((socket, session))
 }
 
 fn socket_config(app: &App) -> WebSocketConfig {
@@ -123,38 +169,15 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_string())
 }
 
-async fn serve(hub: Hub, mut socket: Socket, token: Option<String>, room: Option<String>) {
-    if hub.is_draining() {
-        close(&mut socket, CloseCode::GoingAway).await;
-        return;
-    }
-    let identity = match hub.authenticate(token.as_deref()) {
-        Ok(identity) => identity,
-        Err(e) => {
-            hub.metrics().auth_failures.increment(1);
-            tracing::debug!(reason = %e, "websocket authentication failed");
-            close(&mut socket, CloseCode::AuthenticationFailed).await;
-            return;
-        }
-    };
-    let session = hub.connect(identity, Wire::WebSocket);
-    tracing::debug!(client = %session.client_id, user = %session.user().id, "connected");
-    let hello = Connected {
-        client_id: session.client_id.to_string(),
-        user: session.user().clone(),
-        timestamp: now_millis(),
-    };
-    session.push_text(encode("connected", &hello, None));
-    if let Some(room) = room {
-        hub.join_on_connect(&session, room).await;
-    }
+/// Runs an open connection to its end.
+async fn serve(hub: Hub, mut socket: Box<Socket>, session: Arc<Session>) {
     let code = drive(&hub, &session, &mut socket).await;
     hub.disconnect(&session);
     if code == Some(CloseCode::SlowConsumer) {
         hub.metrics().slow_consumers.increment(1);
     }
     if let Some(code) = code {
-        close(&mut socket, code).await;
+        Box::pin(close(&mut socket, code)).await;
     }
     tracing::debug!(client = %session.client_id, ?code, "disconnected");
 }
@@ -167,16 +190,19 @@ async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option
             biased;
             _ = session.ready() => {
                 let closing = session.take(&mut batch);
-                if !batch.is_empty() {
-                    hub.metrics().frames_sent.increment(batch.len() as u64);
+                let frames = batch.len();
+                if frames > 0 {
+                    hub.metrics().frames_sent.increment(frames as u64);
                     // A client that stopped reading fails this write after the
                     // listener's write timeout.
                     if write_batch(socket, &mut batch).await.is_err() {
                         return None;
                     }
                 }
-                // Keep a modest buffer for the next batch, not the largest one seen.
-                if batch.capacity() > 256 {
+                // The writer's vector and the outbox's trade places on every batch.
+                // A busy connection keeps a modest one, so a steady stream allocates
+                // nothing; a quiet one gives it up, so an idle connection holds none.
+                if frames <= 1 || batch.capacity() > 256 {
                     batch = Vec::new();
                 }
                 if closing.is_some() {
@@ -187,7 +213,11 @@ async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option
                 session.touch(hub.clock_secs());
                 match incoming {
                     None => return None,
-                    Some(Ok(Message::Text(text))) => hub.dispatch_text(session, &text).await,
+                    Some(Ok(Message::Text(text))) => {
+                        if let Some(waiting) = hub.dispatch_text(session, &text) {
+                            waiting.await;
+                        }
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         session.push_text(encode_error(&ErrorKind::InvalidFormat, None));
                     }

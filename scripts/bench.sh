@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The standard benchmark set (docs/benchmarks.md): builds release, starts a fresh
+# server per scenario (fresh data dir, default config, rate limit lifted), runs each
+# scenario of switchboard-bench, writes target/bench/results.jsonl, then renders the
+# table and the plot into docs/ (scripts/bench_report.py).
+#
+# Loopback only; every scenario is bounded in time. Usage: scripts/bench.sh [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=false
+[ "${1:-}" = "--quick" ] && quick=true
+
+cargo build --release -p switchboard -p switchboard-bench
+ulimit -n "$(ulimit -Hn)"
+
+out=target/bench
+mkdir -p "$out"
+results="$out/results.jsonl"
+: >"$results"
+secret=bench-secret
+port=18780
+url="ws://127.0.0.1:$port/ws"
+
+run() {
+  local name=$1
+  shift
+  local data
+  data=$(mktemp -d)
+  SWITCHBOARD_JWT_SECRET=$secret SWITCHBOARD_RATE_LIMIT_PER_SEC=0 SWITCHBOARD_LOG=warn \
+    target/release/switchboard serve --listen "127.0.0.1:$port" --data-dir "$data" \
+    >"$out/server-$name.log" 2>&1 &
+  local server=$!
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
+    sleep 0.1
+  done
+  local extra=()
+  [ "$1" = connect ] && extra=(--server-pid "$server")
+  echo "== $name: switchboard-bench $*" >&2
+  target/release/switchboard-bench "$@" "${extra[@]}" --url "$url" --jwt-secret "$secret" --json -q \
+    | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["name"]=sys.argv[1]; r["args"]=sys.argv[2]; print(json.dumps(r))' "$name" "$*" \
+    | tee -a "$results"
+  kill -TERM "$server"
+  wait "$server" || true
+  rm -rf "$data"
+}
+
+if $quick; then d=3; conns=2000; else d=10; conns=15000; fi
+run connect connect -n "$conns" --hold 3
+run fanout-20 fanout -n 1000 -p 1 --rate 20 -d "$d"
+run fanout-200 fanout -n 1000 -p 1 --rate 200 -d "$d"
+run fanout-max fanout -n 1000 -p 1 --max -d "$d"
+run echo echo -n 100 -d "$d"
+run durable durable -p 10 -d "$d"
+
+python3 scripts/bench_report.py "$results"
