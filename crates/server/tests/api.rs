@@ -37,6 +37,16 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/ice-servers", "/api/ice-servers"),
 ];
 
+/// POSTs a JSON body with the API key.
+async fn admin_post(srv: &TestServer, path: &str, body: &Value) -> reqwest::Response {
+    admin()
+        .post(srv.http(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn error_of(resp: reqwest::Response) -> (StatusCode, String) {
     let status = resp.status();
     let body: Value = resp.json().await.expect("errors are JSON");
@@ -144,12 +154,12 @@ async fn admin_broadcast_reaches_every_transport() {
     let mut alice = srv.client("alice").await;
     let mut sse = SseClient::open(&srv, "bob", "anything", None).await;
     sse.next_of("connected").await;
-    let resp = admin()
-        .post(srv.http("/admin/broadcast"))
-        .json(&json!({"message": "maintenance at noon", "type": "maintenance"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &srv,
+        "/admin/broadcast",
+        &json!({"message": "maintenance at noon", "type": "maintenance"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.json::<Value>().await.unwrap()["delivered"], 2);
     let m = alice.expect("system_message").await;
@@ -157,19 +167,9 @@ async fn admin_broadcast_reaches_every_transport() {
     assert_eq!(m["data"]["content"], "maintenance at noon");
     let e = sse.next_of("system_message").await;
     assert_eq!(e.data["content"], "maintenance at noon");
-    let resp = admin()
-        .post(srv.http("/admin/broadcast"))
-        .json(&json!({"message": ""}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(&srv, "/admin/broadcast", &json!({"message": ""})).await;
     assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST);
-    let resp = admin()
-        .post(srv.http("/admin/broadcast"))
-        .json(&json!({"type": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(&srv, "/admin/broadcast", &json!({"type": "x"})).await;
     assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST);
 }
 
@@ -213,12 +213,12 @@ async fn events_and_notifications() {
     let mut alice = srv.member("alice", "general").await;
     let mut alice_sse = SseClient::open(&srv, "alice", "user:alice", None).await;
     alice_sse.next_of("connected").await;
-    let resp = admin()
-        .post(srv.http("/notifications"))
-        .json(&json!({"userId": "alice", "message": "you have mail", "type": "mail"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &srv,
+        "/notifications",
+        &json!({"userId": "alice", "message": "you have mail", "type": "mail"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let n = alice.next_of("notification").await;
     assert_eq!(n["data"]["type"], "mail");
@@ -229,12 +229,7 @@ async fn events_and_notifications() {
         json!({"userId": "a b", "message": "x"}),
         json!({"userId": "a"}),
     ] {
-        let resp = admin()
-            .post(srv.http("/notifications"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let resp = admin_post(&srv, "/notifications", &bad).await;
         assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST, "{bad}");
     }
     for bad in [
@@ -242,12 +237,7 @@ async fn events_and_notifications() {
         json!({"event": "ok", "data": {}, "channel": "bad room"}),
         json!({"event": "ok", "data": {}}),
     ] {
-        let resp = admin()
-            .post(srv.http("/events/broadcast"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let resp = admin_post(&srv, "/events/broadcast", &bad).await;
         assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST, "{bad}");
     }
 }
@@ -256,12 +246,12 @@ async fn events_and_notifications() {
 async fn publish_is_durable_and_validated() {
     let srv = TestServer::start().await;
     let mut alice = srv.member("alice", "general").await;
-    let resp = admin()
-        .post(srv.http("/api/rooms/general/publish"))
-        .json(&json!({"content": "hello", "type": "announcement"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &srv,
+        "/api/rooms/general/publish",
+        &json!({"content": "hello", "type": "announcement"}),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["offset"], 1);
@@ -277,20 +267,15 @@ async fn publish_is_durable_and_validated() {
         json!({"content": ""}),
         json!({"content": "x", "metadata": 3}),
     ] {
-        let resp = admin()
-            .post(srv.http("/api/rooms/general/publish"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let resp = admin_post(&srv, "/api/rooms/general/publish", &bad).await;
         assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST, "{bad}");
     }
-    let resp = admin()
-        .post(srv.http("/api/rooms/bad%20room/publish"))
-        .json(&json!({"content": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin_post(
+        &srv,
+        "/api/rooms/bad%20room/publish",
+        &json!({"content": "x"}),
+    )
+    .await;
     assert_eq!(error_of(resp).await.0, StatusCode::BAD_REQUEST);
 }
 

@@ -53,6 +53,12 @@ async fn first_event_and_headers() {
     assert_eq!(h["cache-control"], "no-cache");
     let hello = sse.next().await;
     assert_eq!(hello.event, "connected");
+    // A listener comes and goes without the room being told.
+    let mut watcher = srv.member("watcher", "general").await;
+    let mut quiet = SseClient::open(&srv, "carol", "general", None).await;
+    quiet.next_of("connected").await;
+    drop(quiet);
+    watcher.expect_silence(300).await;
     assert_eq!(hello.data["channels"], json!(["general", "news"]));
     assert!(hello.data["clientId"].is_string());
     assert!(hello.data["timestamp"].is_u64());
@@ -167,13 +173,25 @@ async fn last_event_id_resumes_every_channel_once_in_order() {
     let mut back = SseClient::open(&srv, "reader", "a,b", Some(&last_id)).await;
     let hello = back.next_of("connected").await;
     assert_eq!(hello.data["recovered"], json!({"a": true, "b": true}));
-    let mut got: Vec<String> = Vec::new();
+    let mut got: Vec<(String, String)> = Vec::new();
     while got.len() < 4 {
         let e = back.next_of("new_message").await;
-        got.push(e.data["content"].as_str().unwrap().to_string());
+        let content = e.data["content"].as_str().unwrap().to_string();
+        got.push((content, e.id.expect("replayed events carry ids")));
     }
-    got.sort();
-    assert_eq!(got, ["a5", "a6", "b4", "b5"]);
+    // Per channel in order; each id is the position after that event.
+    let a: Vec<_> = got.iter().filter(|(c, _)| c.starts_with('a')).collect();
+    let b: Vec<_> = got.iter().filter(|(c, _)| c.starts_with('b')).collect();
+    assert_eq!(
+        a.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
+        ["a5", "a6"]
+    );
+    assert_eq!(
+        b.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>(),
+        ["b4", "b5"]
+    );
+    assert!(a[1].1.starts_with("a=6,"), "{:?}", a[1]);
+    assert!(b[1].1.ends_with(",b=5"), "{:?}", b[1]);
     // Then live, nothing twice.
     alice.send(send("a", 7)).await;
     let e = back.next_of("new_message").await;
@@ -257,4 +275,22 @@ async fn a_stalled_reader_is_cut_off_while_others_keep_receiving() {
         }
     }
     assert!(got < N, "the stalled reader was cut off ({got} of {N})");
+}
+
+#[tokio::test]
+async fn a_drain_ends_sse_streams_and_the_server_stops() {
+    let srv = TestServer::start().await;
+    let mut sse = SseClient::open(&srv, "alice", "general", None).await;
+    sse.next_of("connected").await;
+    let hub = srv.hub.clone();
+    // stop() waits for the server to finish; it can only if the stream ends.
+    tokio::time::timeout(Duration::from_secs(15), srv.stop())
+        .await
+        .expect("the drain finishes");
+    assert!(hub.is_draining());
+    assert_eq!(
+        sse.try_next().await.map(|e| e.event),
+        None,
+        "the stream ended"
+    );
 }

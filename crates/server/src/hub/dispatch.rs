@@ -307,12 +307,18 @@ impl Hub {
         self.inner
             .rooms
             .finish_join(&room, session, replayed_to, |others| {
-                session.push_text(room_joined(session, &room, others, recovered, r));
+                if !listener {
+                    session.push_text(room_joined(session, &room, others, recovered, r));
+                }
                 for m in &replay {
-                    session.push_text(format!("{{\"type\":\"new_message\",\"data\":{}}}", m.data));
+                    let frame = format!("{{\"type\":\"new_message\",\"data\":{}}}", m.data);
+                    session.push_room_frame(&room, Some(m.offset), frame.into());
                 }
             });
         session.add_room(room.clone());
+        if listener {
+            return Ok(recovered);
+        }
 
         let (user, timestamp) = (session.user().clone(), now_millis());
         match announce {
