@@ -225,6 +225,25 @@ async fn sigterm_drains_with_1001_and_exits_cleanly() {
 }
 
 #[tokio::test]
+async fn a_closed_store_turns_ready_off() {
+    let srv = TestServer::start().await;
+    assert_eq!(
+        reqwest::get(srv.http("/ready")).await.unwrap().status(),
+        200
+    );
+    srv.hub.store().close().await;
+    let resp = reqwest::get(srv.http("/ready")).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "store_unavailable");
+    // A message now fails clearly instead of vanishing.
+    let mut alice = srv.member("alice", "general").await;
+    alice.send(json!({"type": "send_message", "ref": 1, "data": {"roomId": "general", "content": "x"}})).await;
+    let e = alice.expect_error("Internal server error").await;
+    assert_eq!(e["ref"], 1);
+}
+
+#[tokio::test]
 async fn draining_turns_ready_off() {
     let srv = TestServer::start().await;
     let mut alice = srv.client("alice").await;

@@ -38,16 +38,22 @@ pub struct Ready {
     status: &'static str,
 }
 
-/// 503 while draining, so a load balancer stops sending new clients here.
+/// 503 while draining or while the store is unavailable, so a load balancer stops
+/// sending new clients here.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
 pub async fn ready(State(app): State<App>) -> Result<Json<Ready>, ApiError> {
-    if app.hub.is_draining() {
+    let unavailable = |code, message| {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "server is draining",
+            code,
+            message,
         ))
+    };
+    if app.hub.is_draining() {
+        unavailable("draining", "server is draining")
+    } else if !app.hub.store().is_healthy() {
+        unavailable("store_unavailable", "the message store is unavailable")
     } else {
         Ok(Json(Ready { status: "ready" }))
     }

@@ -76,6 +76,9 @@ pub trait Store: Send + Sync + 'static {
     /// Commits everything queued, then stops the writer.
     fn close(&self) -> BoxFuture<'_, ()>;
 
+    /// Whether the store can take writes and reads (for `/ready`).
+    fn is_healthy(&self) -> bool;
+
     /// Counters since the store opened.
     fn stats(&self) -> StoreStats;
 }

@@ -28,6 +28,8 @@ use crate::metrics::Metrics;
 const MAX_BATCH: usize = 1024;
 /// Rows per INSERT statement (5 parameters each, far below SQLite's limit).
 const ROWS_PER_INSERT: usize = 128;
+/// Rooms whose last offset the writer remembers.
+const MAX_CACHED_ROOMS: usize = 100_000;
 /// Drafts waiting for the writer before `append` makes senders wait.
 const QUEUE: usize = 16 * 1024;
 
@@ -187,6 +189,10 @@ impl Store for SqliteStore {
         .boxed()
     }
 
+    fn is_healthy(&self) -> bool {
+        !self.jobs.is_closed() && !self.reads.is_closed()
+    }
+
     fn stats(&self) -> StoreStats {
         StoreStats {
             commits: self.counters.commits.load(Ordering::Relaxed),
@@ -258,7 +264,7 @@ impl Writer {
     async fn commit(&mut self, batch: &mut Vec<(Draft, OnDurable)>) {
         let (drafts, dones): (Vec<Draft>, Vec<OnDurable>) = batch.drain(..).unzip();
         let started = std::time::Instant::now();
-        let written = self.write(&drafts).await;
+        let written = self.write(drafts).await;
         self.metrics
             .store_commit_latency
             .record(started.elapsed().as_secs_f64());
@@ -295,7 +301,7 @@ impl Writer {
         }
     }
 
-    async fn write(&mut self, batch: &[Draft]) -> Result<Vec<Row_>, StoreError> {
+    async fn write(&mut self, batch: Vec<Draft>) -> Result<Vec<Row_>, StoreError> {
         let mut tx = self.conn.begin().await?;
         let mut rows = Vec::with_capacity(batch.len());
         let mut next: HashMap<Arc<str>, u64> = HashMap::new();
@@ -315,22 +321,22 @@ impl Writer {
             let offset = last + 1;
             next.insert(d.room.clone(), offset);
             let msg = NewMessage {
-                id: d.id.clone(),
+                id: d.id,
                 room_id: d.room.to_string(),
-                sender: d.sender.clone(),
-                content: d.content.clone(),
-                kind: d.kind.clone(),
-                metadata: d.metadata.clone(),
+                sender: d.sender,
+                content: d.content,
+                kind: d.kind,
+                metadata: d.metadata,
                 timestamp: d.timestamp,
                 offset,
             };
             let data = serde_json::to_string(&msg)
                 .map_err(|e| StoreError::Database(format!("encode: {e}")))?;
             rows.push(Row_ {
-                room: d.room.clone(),
+                room: d.room,
                 offset,
-                id: d.id.clone(),
-                ts: d.timestamp,
+                id: msg.id,
+                ts: msg.timestamp,
                 data,
             });
         }
@@ -347,6 +353,11 @@ impl Writer {
             q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        // A cache, not a registry: past this many rooms it starts over (offsets are
+        // read back from disk), so memory does not grow with every room ever written.
+        if self.last_offsets.len() + next.len() > MAX_CACHED_ROOMS {
+            self.last_offsets.clear();
+        }
         self.last_offsets.extend(next);
         Ok(rows)
     }
