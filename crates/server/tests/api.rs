@@ -35,6 +35,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
         "/api/rooms/general/messages",
     ),
     ("get", "/api/ice-servers", "/api/ice-servers"),
+    ("get", "/openapi.json", "/openapi.json"),
 ];
 
 /// POSTs a JSON body with the API key.

@@ -262,3 +262,59 @@ async fn draining_turns_ready_off() {
     assert_eq!(late.expect_close().await.0, 1001);
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn json_logs_and_no_token_in_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env("SWITCHBOARD_JWT_SECRET", SECRET)
+        .env("SWITCHBOARD_LOG", "debug")
+        .env("SWITCHBOARD_LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("127.0.0.1:{port}");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reqwest::get(format!("http://{base}/health")).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bad = "eyJhbGciOiJIUzI1NiJ9.bm90LWEtcmVhbC10b2tlbg.LEAKCHECK123";
+    let mut c = Client::connect(&format!("ws://{base}/ws?token={bad}")).await;
+    assert_eq!(c.expect_close().await.0, 1008);
+    let good = token("alice");
+    let mut c = Client::connect(&format!("ws://{base}/ws?token={good}")).await;
+    c.next_of("connected").await;
+    drop(c);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    let logs = text(&out.stderr);
+    assert!(logs.lines().count() >= 3, "{logs}");
+    for line in logs.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+    }
+    assert!(logs.contains("websocket authentication failed"), "{logs}");
+    assert!(
+        !logs.contains("LEAKCHECK123") && !logs.contains(&good),
+        "a token reached the log"
+    );
+}

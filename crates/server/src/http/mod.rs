@@ -6,12 +6,11 @@ pub mod error;
 pub mod listener;
 mod ops;
 
-use std::sync::Arc;
+use std::sync::OnceLock;
 
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
-use axum::routing::get;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -69,18 +68,25 @@ pub fn router(app: App) -> axum::Router {
         .routes(routes!(api::disconnect_user))
         .routes(routes!(api::messages))
         .routes(routes!(api::ice_servers))
+        .routes(routes!(openapi))
         .split_for_parts();
-    let doc = Arc::new(doc);
+    // The same code makes the same document: the first server's serves them all.
+    let _ = DOCUMENT.set(doc);
     let cors = cors(&app.config.cors_origins);
     router
-        .route(
-            "/openapi.json",
-            get(move || async move { Json(doc.as_ref().clone()) }),
-        )
         .fallback(|| async { error::ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
         .layer(cors)
         .with_state(app)
+}
+
+static DOCUMENT: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+
+/// This document: every HTTP route, generated from the handlers.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "the OpenAPI 3 document", body = Object)))]
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(DOCUMENT.get().cloned().unwrap_or_else(ApiDoc::openapi))
 }
 
 /// CORS for the configured origins only; none by default.
