@@ -118,14 +118,7 @@ async fn stats_count_connections_and_rooms() {
     let _c = srv.member("carol", "other").await;
     let mut sse = SseClient::open(&srv, "dave", "general", None).await;
     sse.next_of("connected").await;
-    let stats: Value = admin()
-        .get(srv.http("/admin/stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Value = admin_get(&srv, "/admin/stats").await;
     assert_eq!(stats["totalClients"], 4);
     assert_eq!(stats["totalRooms"], 2);
     assert_eq!(stats["transports"], json!({"websocket": 3, "sse": 1}));
@@ -134,14 +127,7 @@ async fn stats_count_connections_and_rooms() {
         stats["clientsByRoom"],
         json!([{"roomId": "general", "clientCount": 3}, {"roomId": "other", "clientCount": 1}])
     );
-    let ws: Value = admin()
-        .get(srv.http("/admin/socket-stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ws: Value = admin_get(&srv, "/admin/socket-stats").await;
     assert_eq!(ws["totalClients"], 3);
     assert_eq!(
         ws["clientsByRoom"][0],

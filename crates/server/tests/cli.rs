@@ -162,11 +162,7 @@ fn check_config_layers_file_env_and_flags_and_masks_secrets() {
 #[tokio::test]
 async fn dev_mode_prints_a_working_token() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
@@ -266,12 +262,8 @@ async fn draining_turns_ready_off() {
 #[tokio::test]
 async fn json_logs_and_no_token_in_them() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(dir.path())
@@ -283,14 +275,7 @@ async fn json_logs_and_no_token_in_them() {
         .spawn()
         .unwrap();
     let base = format!("127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while reqwest::get(format!("http://{base}/health")).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(&base).await;
     let bad = "eyJhbGciOiJIUzI1NiJ9.bm90LWEtcmVhbC10b2tlbg.LEAKCHECK123";
     let mut c = Client::connect(&format!("ws://{base}/ws?token={bad}")).await;
     assert_eq!(c.expect_close().await.0, 1008);

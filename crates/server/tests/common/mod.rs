@@ -247,6 +247,39 @@ impl Client {
     }
 }
 
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until `/health` answers at `addr`.
+pub async fn wait_healthy(addr: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while reqwest::get(format!("http://{addr}/health")).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GETs `path` with the API key and returns the JSON body.
+pub async fn admin_get(srv: &TestServer, path: &str) -> Value {
+    admin()
+        .get(srv.http(path))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// The real `switchboard` binary, serving on a free loopback port.
 pub struct BinServer {
     pub child: std::process::Child,
@@ -257,11 +290,7 @@ impl BinServer {
     /// Starts `switchboard serve` on `data_dir` with the test secret and waits until
     /// `/health` answers.
     pub async fn start(data_dir: &std::path::Path, env: &[(&str, &str)]) -> BinServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"));
         cmd.arg("serve")
@@ -275,17 +304,8 @@ impl BinServer {
         }
         let child = cmd.spawn().expect("the binary starts");
         let server = BinServer { child, addr };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            if reqwest::get(format!("http://{addr}/health")).await.is_ok() {
-                return server;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "server did not come up"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_healthy(&addr.to_string()).await;
+        server
     }
 
     pub fn url(&self, token: &str) -> String {
