@@ -223,7 +223,7 @@ pub fn mint(cfg: &AuthConfig, req: TokenRequest<'_>) -> Result<String, KeyError>
         avatar: req.avatar.map(str::to_string),
         rooms: req.rooms,
         iat: Some(now),
-        exp: Some(now + req.ttl.as_secs()),
+        exp: Some(now.saturating_add(req.ttl.as_secs())),
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -250,13 +250,16 @@ pub fn parse_ttl(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid duration {s:?}: use e.g. 90s, 15m, 1h, 7d"))?;
-    let secs = match unit {
-        "" | "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+    let unit_secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
         _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
     };
+    let secs = n
+        .checked_mul(unit_secs)
+        .ok_or_else(|| format!("duration {s:?} is too long"))?;
     Ok(Duration::from_secs(secs))
 }
 
@@ -339,5 +342,6 @@ mod tests {
         assert_eq!(parse_ttl("90").unwrap(), Duration::from_secs(90));
         assert!(parse_ttl("1w").is_err());
         assert!(parse_ttl("h").is_err());
+        assert!(parse_ttl("99999999999999999d").is_err());
     }
 }
