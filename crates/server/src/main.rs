@@ -197,9 +197,9 @@ fn print_dev_banner(cfg: &Config, addr: SocketAddr, generated: bool) {
     println!("Tokens valid for 24h:");
     println!("  alice: {}", token("alice", "Alice"));
     println!("  bob:   {}", token("bob", "Bob"));
-    println!("Connect and join a room:");
+    println!("Connect and join a room (websocat takes the same URL):");
     println!(
-        "  websocat \"ws://{host}/ws?token={}&room=general\"",
+        "  npx -y wscat -c \"ws://{host}/ws?token={}&room=general\"",
         token("alice", "Alice")
     );
     println!(

@@ -186,7 +186,7 @@ async fn dev_mode_prints_a_working_token() {
     .unwrap();
     let example = lines
         .iter()
-        .find(|l| l.contains("websocat"))
+        .find(|l| l.contains("wscat -c"))
         .expect("an example command");
     let url = example.split('"').nth(1).unwrap();
     let mut c = Client::connect(url).await;
