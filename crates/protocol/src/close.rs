@@ -13,6 +13,8 @@ pub enum CloseCode {
     AuthenticationFailed,
     /// 1008: the client kept exceeding its message rate.
     RateLimited,
+    /// 1008: the user already has as many connections as allowed.
+    TooManyConnections,
     /// 1009: a frame or message larger than the configured limit.
     TooBig,
     /// 1011: the server failed.
@@ -33,7 +35,9 @@ impl CloseCode {
             CloseCode::Normal | CloseCode::Disconnected => 1000,
             CloseCode::GoingAway | CloseCode::Timeout => 1001,
             CloseCode::InvalidUtf8 => 1007,
-            CloseCode::AuthenticationFailed | CloseCode::RateLimited => 1008,
+            CloseCode::AuthenticationFailed
+            | CloseCode::RateLimited
+            | CloseCode::TooManyConnections => 1008,
             CloseCode::TooBig => 1009,
             CloseCode::Internal => 1011,
             CloseCode::ServiceRestart => 1012,
@@ -48,6 +52,7 @@ impl CloseCode {
             CloseCode::InvalidUtf8 => "Invalid UTF-8",
             CloseCode::AuthenticationFailed => "Authentication failed",
             CloseCode::RateLimited => "Rate limit exceeded",
+            CloseCode::TooManyConnections => "Too many connections",
             CloseCode::TooBig => "Message too big",
             CloseCode::Internal => "Internal error",
             CloseCode::ServiceRestart => "Service restart",

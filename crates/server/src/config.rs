@@ -100,6 +100,8 @@ pub struct WsConfig {
     pub ping_timeout_secs: u64,
     /// Rooms one connection may be in at once, its personal room excluded.
     pub max_rooms_per_connection: usize,
+    /// WebSocket connections one user may hold at once; 0 for no limit.
+    pub max_connections_per_user: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -182,6 +184,7 @@ impl Default for WsConfig {
             ping_interval_secs: 30,
             ping_timeout_secs: 60,
             max_rooms_per_connection: 100,
+            max_connections_per_user: 100,
         }
     }
 }
@@ -369,6 +372,10 @@ const ENV: &[(&str, Setter)] = &[
     }),
     ("SWITCHBOARD_MAX_ROOMS_PER_CONNECTION", |c, v| {
         c.ws.max_rooms_per_connection = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_MAX_CONNECTIONS_PER_USER", |c, v| {
+        c.ws.max_connections_per_user = parse(v)?;
         Ok(())
     }),
     ("SWITCHBOARD_RATE_LIMIT_PER_SEC", |c, v| {

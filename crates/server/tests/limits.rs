@@ -193,3 +193,35 @@ async fn silent_connections_are_terminated() {
     lively.send(json!({"type": "ping"})).await;
     lively.next_of("pong").await;
 }
+
+#[tokio::test]
+async fn connections_per_user_are_limited() {
+    let srv = TestServer::with(|c| c.ws.max_connections_per_user = 2).await;
+    let _a = srv.client("alice").await;
+    let b = srv.client("alice").await;
+    let mut third = Client::connect(&srv.url(&token("alice"))).await;
+    assert_eq!(
+        third.expect_close().await,
+        (1008, "Too many connections".to_string())
+    );
+    // Others are not affected, and a slot frees when a connection closes.
+    srv.client("bob").await;
+    drop(b);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut again = Client::connect(&srv.url(&token("alice"))).await;
+        let first = tokio::time::timeout(WAIT, again.ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if first.is_text() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slot never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

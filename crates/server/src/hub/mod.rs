@@ -47,6 +47,7 @@ pub struct HubSettings {
     pub rate_per_sec: u32,
     pub rate_burst: u32,
     pub max_rooms_per_connection: usize,
+    pub max_connections_per_user: usize,
     pub recovery_max_messages: u32,
     pub ping_timeout_secs: u64,
 }
@@ -62,6 +63,7 @@ impl HubSettings {
             rate_per_sec: cfg.rate_limit.per_sec,
             rate_burst: cfg.rate_limit.burst,
             max_rooms_per_connection: cfg.ws.max_rooms_per_connection,
+            max_connections_per_user: cfg.ws.max_connections_per_user,
             recovery_max_messages: cfg.store.recovery_max_messages,
             ping_timeout_secs: cfg.ws.ping_timeout_secs,
         }
@@ -195,6 +197,14 @@ impl Hub {
             Wire::WebSocket => &self.inner.metrics.connections_websocket,
             Wire::Sse => &self.inner.metrics.connections_sse,
         }
+    }
+
+    /// Whether `user_id` may open another WebSocket connection. Checked before the
+    /// connection registers, so two racing connects may both pass: the limit is a
+    /// guard against runaway clients, not an exact quota.
+    pub fn may_connect(&self, user_id: &str) -> bool {
+        let max = self.inner.settings.max_connections_per_user;
+        max == 0 || self.inner.rooms.member_count(&personal_room(user_id)) < max
     }
 
     /// Registers a new connection and puts it in its personal room.

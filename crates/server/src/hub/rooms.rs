@@ -163,6 +163,14 @@ impl RoomIndex {
             .unwrap_or_default()
     }
 
+    /// How many sessions are in `room`.
+    pub fn member_count(&self, room: &str) -> usize {
+        self.shard(room)
+            .lock()
+            .get(room)
+            .map_or(0, |r| r.members.len())
+    }
+
     /// Rooms with at least one member, and their member counts.
     pub fn counts(&self) -> Vec<(Arc<str>, usize)> {
         let mut out = Vec::new();

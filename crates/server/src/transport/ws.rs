@@ -115,6 +115,11 @@ async fn open(
             return None;
         }
     };
+    if !hub.may_connect(&identity.user.id) {
+        tracing::info!(user = %identity.user.id, "connection refused: too many connections for this user");
+        close(&mut socket, CloseCode::TooManyConnections).await;
+        return None;
+    }
     let session = hub.connect(identity, Wire::WebSocket);
     tracing::debug!(client = %session.client_id, user = %session.user().id, "connected");
     let hello = Connected {
