@@ -16,6 +16,18 @@ use crate::config::AuthConfig;
 /// Seconds of clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: u64 = 30;
 
+/// The token of an `Authorization: Bearer` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
+}
+
 /// Who a connection is, from its verified token.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {

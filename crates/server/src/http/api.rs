@@ -17,10 +17,9 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::error::{ApiError, ErrorBody};
 use crate::app::App;
-use crate::auth::{Identity, turn_credential};
+use crate::auth::{Identity, bearer, turn_credential};
 use crate::hub::{Stats, Wire};
 use crate::store::Draft;
-use crate::transport::ws::bearer;
 
 /// Checks the server API key (`Authorization: Bearer` or `X-API-Key`).
 fn require_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {

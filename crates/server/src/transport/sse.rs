@@ -23,9 +23,9 @@ use switchboard_protocol::{HistoryRange, Pong, is_valid_room_id, now_millis, spl
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
+use crate::auth::bearer;
 use crate::http::error::{ApiError, ErrorBody};
 use crate::hub::{Hub, Outgoing, Session, Wire};
-use crate::transport::ws::bearer;
 
 #[derive(Deserialize, IntoParams)]
 pub struct EventsParams {

@@ -23,6 +23,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::app::App;
+use crate::auth::bearer;
 use crate::hub::{Hub, Outgoing, Session, Wire};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -122,6 +123,10 @@ async fn open(
     }
     let session = hub.connect(identity, Wire::WebSocket);
     tracing::debug!(client = %session.client_id, user = %session.user().id, "connected");
+    // A drain that began while this one registered did not see it.
+    if hub.is_draining() {
+        session.close(CloseCode::GoingAway);
+    }
     let hello = Connected {
         client_id: session.client_id.to_string(),
         user: session.user().clone(),
@@ -163,15 +168,6 @@ fn handshake_key(headers: &HeaderMap) -> Option<&str> {
         return None;
     }
     headers.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok()
-}
-
-/// The token of an `Authorization: Bearer` header.
-pub fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_string())
 }
 
 /// Runs an open connection to its end.
