@@ -209,3 +209,17 @@ async fn concurrent_messages_share_commits() {
         stats.commits
     );
 }
+
+#[tokio::test]
+async fn a_position_beyond_the_room_is_not_trusted() {
+    let srv = TestServer::with(|c| c.rate_limit.per_sec = 0).await;
+    publish(srv.url(&token("pub")), "feed", 2, 2, Duration::ZERO).await;
+    let mut c = srv.client("reader").await;
+    // A stale position from elsewhere: the room only reached 2.
+    c.request("join_room", json!({"roomId": "feed", "since": 1000}))
+        .await;
+    assert_eq!(c.expect("room_joined").await["data"]["recovered"], false);
+    // New messages still arrive; none is dropped as "already seen".
+    publish(srv.url(&token("pub")), "feed", 1, 1, Duration::ZERO).await;
+    assert_eq!(c.next_of("new_message").await["data"]["offset"], 3);
+}

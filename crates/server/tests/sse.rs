@@ -47,7 +47,7 @@ async fn refusals_are_json_with_the_right_status() {
 #[tokio::test]
 async fn first_event_and_headers() {
     let srv = TestServer::with(|c| c.cors_origins = vec!["https://app.example".into()]).await;
-    let mut sse = SseClient::open(&srv, "alice", "general,news", None).await;
+    let mut sse = SseClient::open(&srv, "alice", "general,news,general", None).await;
     let h = &sse.response_headers;
     assert_eq!(h["content-type"], "text/event-stream");
     assert_eq!(h["cache-control"], "no-cache");
@@ -293,4 +293,30 @@ async fn a_drain_ends_sse_streams_and_the_server_stops() {
         None,
         "the stream ended"
     );
+}
+
+#[tokio::test]
+async fn a_stale_last_event_id_restarts_from_the_head() {
+    let srv = TestServer::start().await;
+    let mut alice = srv.member("alice", "general").await;
+    alice
+        .request(
+            "send_message",
+            json!({"roomId": "general", "content": "one"}),
+        )
+        .await;
+    alice.next_of("new_message").await;
+    let mut sse = SseClient::open(&srv, "reader", "general", Some("general=500")).await;
+    let hello = sse.next_of("connected").await;
+    assert_eq!(hello.data["recovered"], json!({"general": false}));
+    assert_eq!(hello.id.as_deref(), Some("general=1"));
+    alice
+        .request(
+            "send_message",
+            json!({"roomId": "general", "content": "two"}),
+        )
+        .await;
+    let e = sse.next_of("new_message").await;
+    assert_eq!(e.data["content"], "two");
+    assert_eq!(e.id.as_deref(), Some("general=2"));
 }

@@ -289,8 +289,20 @@ impl Hub {
                 .store
                 .range(&room, HistoryRange::Since(since), max.saturating_add(1))
                 .await;
+            // Nothing missed: fine if `since` is a position the room has reached. One
+            // beyond the room's head (stale, or from another server's data) cannot be
+            // reconciled; trusting it would drop every message up to it.
+            let missed = match missed {
+                Ok(m) if m.is_empty() => match self.head(&room).await {
+                    Ok(head) if since > head => Ok(None),
+                    Ok(_) => Ok(Some(m)),
+                    Err(e) => Err(e),
+                },
+                Ok(m) => Ok(Some(m)),
+                Err(e) => Err(e),
+            };
             match missed {
-                Ok(missed) if missed.len() <= max as usize => {
+                Ok(Some(missed)) if missed.len() <= max as usize => {
                     replayed_to = Some(missed.last().map_or(since, |m| m.offset));
                     replay = missed;
                     recovered = Some(true);

@@ -374,6 +374,16 @@ impl Hub {
             .any(|s| s.user().id == user_id)
     }
 
+    /// A room's last committed offset (0 for an empty room).
+    pub async fn head(&self, room: &str) -> Result<u64, StoreError> {
+        let last = self
+            .inner
+            .store
+            .range(room, switchboard_protocol::HistoryRange::Latest, 1)
+            .await?;
+        Ok(last.last().map_or(0, |m| m.offset))
+    }
+
     /// Stores and publishes a message from the server itself (the HTTP API), and waits
     /// until it is durable.
     pub async fn publish_durable(&self, draft: Draft) -> Result<Committed, StoreError> {

@@ -19,7 +19,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{HistoryRange, Pong, is_valid_room_id, now_millis, split_frame};
+use switchboard_protocol::{Pong, is_valid_room_id, now_millis, split_frame};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
@@ -82,6 +82,11 @@ pub async fn events(
         .filter(|c| !c.is_empty())
         .map(str::to_string)
         .collect();
+    let mut seen = std::collections::HashSet::new();
+    let channels: Vec<String> = channels
+        .into_iter()
+        .filter(|c| seen.insert(c.clone()))
+        .collect();
     if channels.is_empty() {
         return Err(ApiError::bad_request("channels is required: ?channels=a,b"));
     }
@@ -121,11 +126,18 @@ pub async fn events(
         let complete = hub
             .subscribe(&session, channel.clone(), Some(since))
             .await
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            .map_err(|e| ApiError::bad_request(e.to_string()))?
+            .unwrap_or(true);
         if let Some(r) = recovered.as_mut() {
-            r.insert(channel.clone(), complete.unwrap_or(true));
+            r.insert(channel.clone(), complete);
         }
-        position.insert(channel.clone(), since);
+        // Not recovered: the old position means nothing here; start from the head.
+        let start = if complete {
+            since
+        } else {
+            head(hub, channel).await?
+        };
+        position.insert(channel.clone(), start);
     }
 
     let hello = SseConnected {
@@ -170,15 +182,10 @@ pub async fn events(
 
 /// The room's last offset now (0 for an empty room).
 async fn head(hub: &Hub, room: &str) -> Result<u64, ApiError> {
-    let last = hub
-        .store()
-        .range(room, HistoryRange::Latest, 1)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "reading a room head failed");
-            ApiError::internal()
-        })?;
-    Ok(last.last().map_or(0, |m| m.offset))
+    hub.head(room).await.map_err(|e| {
+        tracing::error!(error = %e, "reading a room head failed");
+        ApiError::internal()
+    })
 }
 
 /// `general=42,news=7`: room ids never contain `=` or `,`.
