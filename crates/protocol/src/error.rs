@@ -20,11 +20,14 @@ pub enum ErrorKind {
     Forbidden,
     TargetPeerNotFound,
     UnknownType(String),
+    InvalidClientMessageId,
     RateLimited,
     TooManyRooms,
     NotSupported(&'static str),
     /// A custom handler's own error message.
     Handler(String),
+    /// A part the server depends on is shutting down or unreachable; retry later.
+    Unavailable,
     Internal,
 }
 
@@ -37,7 +40,8 @@ impl ErrorKind {
             | ErrorKind::RoomIdRequired
             | ErrorKind::RoomIdAndContentRequired
             | ErrorKind::RecipientIdAndContentRequired
-            | ErrorKind::InvalidRoomId => "bad_request",
+            | ErrorKind::InvalidRoomId
+            | ErrorKind::InvalidClientMessageId => "bad_request",
             ErrorKind::NotInRoom => "not_in_room",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::TargetPeerNotFound => "not_found",
@@ -46,6 +50,7 @@ impl ErrorKind {
             ErrorKind::TooManyRooms => "too_many_rooms",
             ErrorKind::NotSupported(_) => "not_supported",
             ErrorKind::Handler(_) => "handler_error",
+            ErrorKind::Unavailable => "unavailable",
             ErrorKind::Internal => "internal",
         }
     }
@@ -66,10 +71,14 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Forbidden => f.write_str("Forbidden"),
             ErrorKind::TargetPeerNotFound => f.write_str("Target peer not found"),
             ErrorKind::UnknownType(t) => write!(f, "Unknown message type: {t}"),
+            ErrorKind::InvalidClientMessageId => {
+                f.write_str("Invalid clientMessageId: 1-64 characters of A-Za-z0-9_-")
+            }
             ErrorKind::RateLimited => f.write_str("rate limit exceeded"),
             ErrorKind::TooManyRooms => f.write_str("Too many rooms"),
             ErrorKind::NotSupported(what) => write!(f, "{what} is not yet supported"),
             ErrorKind::Handler(msg) => f.write_str(msg),
+            ErrorKind::Unavailable => f.write_str("Service unavailable"),
             ErrorKind::Internal => f.write_str("Internal server error"),
         }
     }

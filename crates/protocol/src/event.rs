@@ -84,14 +84,48 @@ pub struct Peer {
 pub struct RoomJoined {
     pub room_id: String,
     pub timestamp: u64,
-    /// Distinct users with a connection in the room, the joiner included.
+    /// Distinct users with a connection in the room, the joiner first; at most the
+    /// server's `join_list_limit` of them.
     pub members: Vec<UserInfo>,
-    /// The room's other connections.
+    /// The room's other connections, at most `join_list_limit`.
     pub peers: Vec<Peer>,
+    /// Distinct users in the room, the joiner included.
+    pub member_count: u64,
+    /// Other connections in the room.
+    pub peer_count: u64,
+    /// The epoch of the room's history: positions (`offset`, `since`) belong to it.
+    pub epoch: String,
+    /// The room's last offset now (0 for a room without messages).
+    pub offset: u64,
     /// With `since`: whether every missed message follows. `false` means the gap was
-    /// larger than the server replays; load it with `history`.
+    /// larger than the server replays, or the position is not one of this history;
+    /// load it with `history`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered: Option<bool>,
+}
+
+/// One entry of `room_members`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Member {
+    pub id: String,
+    pub username: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    pub status: String,
+    /// When the user's first connection in the room joined (ms).
+    pub joined_at: u64,
+}
+
+/// `room_members`: one page of a room's members, ordered by user id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomMembers {
+    pub room_id: String,
+    pub members: Vec<Member>,
+    /// Pass it as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +171,10 @@ pub struct Ack {
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// The send repeated a `clientMessageId` already stored: nothing new was stored or
+    /// delivered, and `id`/`offset` are the original's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub duplicate: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,8 +218,11 @@ pub struct RtcRelay {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct UserDisconnected {
     pub user: UserInfo,
+    /// The connection that closed.
+    pub peer_id: String,
     pub timestamp: u64,
 }
 

@@ -44,6 +44,7 @@ pub enum Request {
         file_id: String,
     },
     History(HistoryQuery),
+    RoomMembers(RoomMembersQuery),
     Rtc(RtcSignal),
     /// A type the protocol does not define: for a registered custom handler.
     Custom {
@@ -57,9 +58,30 @@ pub struct JoinRoom {
     pub room_id: String,
     /// Leave every other joined room first (the personal room stays).
     pub exclusive: bool,
-    /// The last offset the client saw: every later message is replayed.
+    /// The last offset the client saw: every later message is replayed. A number that
+    /// is not an offset (negative, fractional, beyond `u64`) becomes [`SINCE_BEYOND`],
+    /// which no room reaches: the join then reports `recovered: false`.
     pub since: Option<u64>,
+    /// The room's epoch the client's `since` belongs to; another epoch means the room's
+    /// history was reset and nothing is replayed.
+    pub epoch: Option<String>,
 }
+
+/// `since` as given by a client when it is not a usable offset.
+pub const SINCE_BEYOND: u64 = u64::MAX;
+
+/// `room_members`: a page of a room's members.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoomMembersQuery {
+    pub room_id: String,
+    /// Where the previous page ended (its `nextCursor`).
+    pub cursor: Option<String>,
+    pub limit: u32,
+}
+
+/// Default and largest `limit` of `room_members`.
+pub const ROOM_MEMBERS_DEFAULT_LIMIT: u32 = 100;
+pub const ROOM_MEMBERS_MAX_LIMIT: u32 = 1000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendMessage {
@@ -67,6 +89,17 @@ pub struct SendMessage {
     pub content: Value,
     pub kind: String,
     pub metadata: Value,
+    /// The client's own id of this send: a retry with the same id is not stored twice.
+    pub client_message_id: Option<String>,
+}
+
+/// Whether `id` is a valid `clientMessageId` (or `Idempotency-Key`): 1-64 characters
+/// of `A-Za-z0-9_-`.
+pub fn is_valid_client_message_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'))
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -145,7 +178,10 @@ struct Envelope<'a> {
 struct Payload {
     room_id: Option<String>,
     exclusive: Option<bool>,
-    since: Option<u64>,
+    since: Option<serde_json::Number>,
+    epoch: Option<String>,
+    client_message_id: Option<String>,
+    cursor: Option<String>,
     before: Option<u64>,
     limit: Option<u32>,
     content: Option<Value>,
@@ -215,6 +251,7 @@ impl Request {
                 | "update_status"
                 | "share_file"
                 | "history"
+                | "room_members"
                 | "rtc_offer"
                 | "rtc_answer"
                 | "rtc_ice_candidate"
@@ -240,7 +277,8 @@ impl Request {
             "join_room" => Request::JoinRoom(JoinRoom {
                 room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
                 exclusive: p.exclusive.unwrap_or(true),
-                since: p.since,
+                since: p.since.map(|n| n.as_u64().unwrap_or(SINCE_BEYOND)),
+                epoch: p.epoch,
             }),
             "leave_room" => Request::LeaveRoom {
                 room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
@@ -258,11 +296,18 @@ impl Request {
                         ));
                     }
                 };
+                let room_id = room(p.room_id, ErrorKind::RoomIdAndContentRequired)?;
+                if let Some(id) = &p.client_message_id
+                    && !is_valid_client_message_id(id)
+                {
+                    return Err(ErrorKind::InvalidClientMessageId);
+                }
                 Request::SendMessage(SendMessage {
-                    room_id: room(p.room_id, ErrorKind::RoomIdAndContentRequired)?,
+                    room_id,
                     content: p.content.unwrap_or_default(),
                     kind: non_empty(p.kind).unwrap_or_else(|| "text".into()),
                     metadata,
+                    client_message_id: p.client_message_id,
                 })
             }
             "typing" => Request::Typing {
@@ -289,13 +334,27 @@ impl Request {
                 file_id: p.file_id.unwrap_or_default(),
             },
             "history" => {
-                let range = HistoryRange::new(p.before, p.since);
+                let since = match p.since {
+                    None => None,
+                    Some(n) => Some(n.as_u64().ok_or_else(|| {
+                        ErrorKind::InvalidPayload("since must be a non-negative integer".into())
+                    })?),
+                };
+                let range = HistoryRange::new(p.before, since);
                 Request::History(HistoryQuery {
                     room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
                     range,
                     limit: p.limit.unwrap_or(50).clamp(1, HISTORY_MAX_LIMIT),
                 })
             }
+            "room_members" => Request::RoomMembers(RoomMembersQuery {
+                room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
+                cursor: non_empty(p.cursor),
+                limit: p
+                    .limit
+                    .unwrap_or(ROOM_MEMBERS_DEFAULT_LIMIT)
+                    .clamp(1, ROOM_MEMBERS_MAX_LIMIT),
+            }),
             rtc => {
                 let kind = match rtc {
                     "rtc_offer" => RtcKind::Offer,
@@ -352,7 +411,8 @@ mod tests {
             Ok(Request::JoinRoom(JoinRoom {
                 room_id: "g".into(),
                 exclusive: true,
-                since: None
+                since: None,
+                epoch: None,
             }))
         );
         assert_eq!(
@@ -378,6 +438,62 @@ mod tests {
         };
         assert_eq!(m.kind, "text");
         assert_eq!(m.metadata, serde_json::json!({}));
+    }
+
+    #[test]
+    fn since_that_is_not_an_offset_is_beyond_every_room() {
+        for since in [
+            "9223372036854775817",
+            "99999999999999999999999",
+            "-1",
+            "2.5",
+        ] {
+            let text = format!(r#"{{"type":"join_room","data":{{"roomId":"g","since":{since}}}}}"#);
+            let Ok(Request::JoinRoom(j)) = parse(&text) else {
+                panic!("{since}")
+            };
+            let expected = if since == "9223372036854775817" {
+                9223372036854775817
+            } else {
+                SINCE_BEYOND
+            };
+            assert_eq!(j.since, Some(expected), "{since}");
+        }
+    }
+
+    #[test]
+    fn client_message_ids_are_validated() {
+        let Ok(Request::SendMessage(m)) = parse(
+            r#"{"type":"send_message","data":{"roomId":"g","content":"hi","clientMessageId":"a-1_B"}}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(m.client_message_id.as_deref(), Some("a-1_B"));
+        for bad in [
+            r#""""#,
+            r#""has space""#,
+            &format!("\"{}\"", "x".repeat(65)),
+        ] {
+            let text = format!(
+                r#"{{"type":"send_message","data":{{"roomId":"g","content":"hi","clientMessageId":{bad}}}}}"#
+            );
+            assert_eq!(
+                parse(&text),
+                Err(ErrorKind::InvalidClientMessageId),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn room_members_paging() {
+        let Ok(Request::RoomMembers(q)) =
+            parse(r#"{"type":"room_members","data":{"roomId":"g","cursor":"bob","limit":5000}}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(q.cursor.as_deref(), Some("bob"));
+        assert_eq!(q.limit, ROOM_MEMBERS_MAX_LIMIT);
     }
 
     #[test]

@@ -33,8 +33,19 @@ pub struct Config {
     pub ws: WsConfig,
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
+    pub rooms: RoomsConfig,
     pub sse: SseConfig,
     pub ice: IceConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomsConfig {
+    /// Most members and peers listed in `room_joined` (totals are always given).
+    pub join_list_limit: usize,
+    /// Joins, leaves and disconnects are announced while a room has at most this many
+    /// connections; above it the room is quiet about them.
+    pub announce_max_members: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -44,6 +55,8 @@ pub struct SseConfig {
     pub ping_secs: u64,
     /// Seconds between `stats` events on the `system` channel.
     pub stats_interval_secs: u64,
+    /// Channels one stream may name.
+    pub max_channels: usize,
 }
 
 /// STUN and TURN servers handed to clients by `GET /api/ice-servers`.
@@ -122,6 +135,14 @@ pub struct StoreConfig {
     /// Most messages a `join_room` with `since` replays; a larger gap is reported
     /// with `recovered: false` and left to `history`.
     pub recovery_max_messages: u32,
+    /// Most payload bytes one recovery replays (an SSE stream: over all its channels);
+    /// a larger gap is reported with `recovered: false`. Below `ws.outbox_max_bytes`.
+    pub recovery_max_bytes: usize,
+    /// Most payload bytes of one `history` page (at least one message is sent);
+    /// a page cut short says `truncated: true`. Below `ws.outbox_max_bytes`.
+    pub history_max_bytes: usize,
+    /// Seconds a `clientMessageId` or `Idempotency-Key` is remembered.
+    pub dedupe_window_secs: u64,
 }
 
 impl Default for Config {
@@ -140,6 +161,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             rate_limit: RateLimitConfig::default(),
             store: StoreConfig::default(),
+            rooms: RoomsConfig::default(),
             sse: SseConfig::default(),
             ice: IceConfig {
                 turn_ttl_secs: 86400,
@@ -154,6 +176,16 @@ impl Default for SseConfig {
         SseConfig {
             ping_secs: 30,
             stats_interval_secs: 10,
+            max_channels: 16,
+        }
+    }
+}
+
+impl Default for RoomsConfig {
+    fn default() -> Self {
+        RoomsConfig {
+            join_list_limit: 100,
+            announce_max_members: 1000,
         }
     }
 }
@@ -203,6 +235,9 @@ impl Default for StoreConfig {
         StoreConfig {
             synchronous: "full".into(),
             recovery_max_messages: 1000,
+            recovery_max_bytes: 4 * 1024 * 1024,
+            history_max_bytes: 1024 * 1024,
+            dedupe_window_secs: 600,
         }
     }
 }
@@ -394,6 +429,30 @@ const ENV: &[(&str, Setter)] = &[
         c.store.recovery_max_messages = parse(v)?;
         Ok(())
     }),
+    ("SWITCHBOARD_RECOVERY_MAX_BYTES", |c, v| {
+        c.store.recovery_max_bytes = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_HISTORY_MAX_BYTES", |c, v| {
+        c.store.history_max_bytes = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_DEDUPE_WINDOW_SECS", |c, v| {
+        c.store.dedupe_window_secs = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_JOIN_LIST_LIMIT", |c, v| {
+        c.rooms.join_list_limit = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_ANNOUNCE_MAX_MEMBERS", |c, v| {
+        c.rooms.announce_max_members = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_MAX_SSE_CHANNELS", |c, v| {
+        c.sse.max_channels = parse(v)?;
+        Ok(())
+    }),
 ];
 
 /// The names of every environment variable the config reads.
@@ -485,6 +544,24 @@ impl Config {
             return bad(
                 "ws.ping_interval_secs must be positive and at most ws.ping_timeout_secs".into(),
             );
+        }
+        for (name, bytes) in [
+            ("store.recovery_max_bytes", self.store.recovery_max_bytes),
+            ("store.history_max_bytes", self.store.history_max_bytes),
+        ] {
+            if bytes == 0 || bytes >= self.ws.outbox_max_bytes {
+                return bad(format!(
+                    "{name} must be positive and below ws.outbox_max_bytes ({}): a reply \
+                     larger than the outbox would cut its own connection off",
+                    self.ws.outbox_max_bytes
+                ));
+            }
+        }
+        if !(1..=1000).contains(&self.rooms.join_list_limit) {
+            return bad("rooms.join_list_limit must be between 1 and 1000".into());
+        }
+        if self.sse.max_channels == 0 {
+            return bad("sse.max_channels must be positive".into());
         }
         if self.sse.ping_secs == 0 || self.sse.stats_interval_secs == 0 {
             return bad("sse.ping_secs and sse.stats_interval_secs must be positive".into());

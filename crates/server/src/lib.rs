@@ -25,9 +25,13 @@ mod app;
 pub mod auth;
 pub mod broker;
 pub mod config;
+pub mod encode;
+pub mod error;
 mod http;
 pub mod hub;
 pub mod metrics;
+pub mod position;
+pub mod presence;
 pub mod store;
 mod transport;
 
@@ -36,6 +40,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use std::future::IntoFuture;
 
 use futures_util::FutureExt;
 use serde_json::Value;
@@ -48,8 +54,14 @@ pub use hub::{HandlerContext, Hub};
 
 use crate::app::App;
 use crate::broker::{Broker, MemoryBroker};
-use crate::hub::{HubSettings, MessageHandler};
-use crate::store::{SqliteStore, Store};
+use crate::hub::{HubParts, HubSettings, MessageHandler};
+use crate::presence::{MemoryPresence, Presence};
+use crate::store::{SqliteOptions, SqliteStore, Store};
+
+/// Commit batches the store may hand over before its writer waits for the hub.
+const COMMIT_LOG: usize = 64;
+/// How often the metrics' histograms are folded (see [`metrics::Metrics::upkeep`]).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,24 +113,26 @@ impl ServerBuilder {
         }
         let verifier = auth::Verifier::new(&config.auth)?;
         let metrics = Arc::new(metrics::Metrics::new());
+        let (commits, commit_log) = tokio::sync::mpsc::channel(COMMIT_LOG);
+        let store_options = SqliteOptions {
+            dir: config.data_dir.clone(),
+            synchronous_full: config.store.synchronous == "full",
+            dedupe_window: Duration::from_secs(config.store.dedupe_window_secs),
+        };
+        let store: Arc<dyn Store> =
+            Arc::new(SqliteStore::open(&store_options, commits, metrics.clone()).await?);
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(
-                &config.data_dir,
-                config.store.synchronous == "full",
-                broker.clone(),
-                metrics.clone(),
-            )
-            .await?,
-        );
-        let hub = Hub::new(
-            HubSettings::from_config(&config),
+        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::default());
+        let parts = HubParts {
+            settings: HubSettings::from_config(&config),
             verifier,
             store,
             broker,
-            self.handlers,
+            presence,
+            handlers: self.handlers,
             metrics,
-        );
+        };
+        let hub = Hub::new(parts, commit_log);
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -159,71 +173,99 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then drains: reports unready, stops
-    /// accepting, closes every connection with 1001, waits for them (up to the drain
-    /// timeout) and commits what the store still holds.
+    /// accepting, closes every connection with 1001, waits for them and commits what
+    /// the store still holds. The drain ends within `drain_timeout_secs` whatever the
+    /// clients do (a stalled reader, a stream opened at the last moment).
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         let Server { listener, app } = self;
         let hub = app.hub.clone();
-        let sweeper = {
-            let hub = hub.clone();
-            let period = Duration::from_secs(app.config.ws.ping_interval_secs);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
+        let every = |secs: u64| Duration::from_secs(secs);
+        let background = [
+            periodic(every(app.config.ws.ping_interval_secs), {
+                let hub = hub.clone();
+                move || {
                     hub.sweep();
+                    std::future::ready(())
                 }
-            })
-        };
-        let stats = {
-            let hub = hub.clone();
-            let period = Duration::from_secs(app.config.sse.stats_interval_secs);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(period);
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let stats = hub.stats(None);
-                    hub.publish(
-                        switchboard_protocol::SYSTEM_ROOM.into(),
-                        "stats",
-                        &stats,
-                        None,
-                    );
+            }),
+            periodic(every(app.config.sse.stats_interval_secs), {
+                let hub = hub.clone();
+                move || {
+                    let hub = hub.clone();
+                    async move { hub.publish_system_stats().await }
                 }
-            })
-        };
+            }),
+            periodic(METRICS_UPKEEP, {
+                let metrics = hub.metrics().clone();
+                move || {
+                    metrics.upkeep();
+                    std::future::ready(())
+                }
+            }),
+        ];
+        let (started, drain_started) = tokio::sync::oneshot::channel();
         let draining = {
             let hub = hub.clone();
             async move {
                 shutdown.await;
                 tracing::info!(connections = hub.connections(), "draining");
                 hub.drain(CloseCode::GoingAway);
+                let _ = started.send(tokio::time::Instant::now());
+            }
+        };
+        let timeout = Duration::from_secs(app.config.drain_timeout_secs);
+        let deadline = async move {
+            match drain_started.await {
+                Ok(at) => tokio::time::sleep_until(at + timeout).await,
+                Err(_) => std::future::pending().await,
             }
         };
         let router = http::router(app.clone());
         let write_timeout = Duration::from_secs(app.config.ws.write_timeout_secs);
         let listener = http::listener::GuardedListener::new(listener, write_timeout);
-        if let Err(e) = axum::serve(listener, router)
+        let serve = axum::serve(listener, router)
             .with_graceful_shutdown(draining)
-            .await
-        {
-            tracing::error!(error = %e, "server failed");
-            hub.drain(CloseCode::GoingAway);
+            .into_future();
+        tokio::pin!(deadline);
+        let mut timed_out = false;
+        tokio::select! {
+            served = serve => if let Err(e) = served {
+                tracing::error!(error = %e, "server failed");
+                hub.drain(CloseCode::GoingAway);
+            },
+            _ = &mut deadline => timed_out = true,
         }
-        sweeper.abort();
-        stats.abort();
+        for task in background {
+            task.abort();
+        }
         app.tracker.close();
-        let timeout = Duration::from_secs(app.config.drain_timeout_secs);
-        if tokio::time::timeout(timeout, app.tracker.wait())
-            .await
-            .is_err()
-        {
+        if !timed_out {
+            tokio::select! {
+                _ = app.tracker.wait() => {}
+                _ = &mut deadline => timed_out = true,
+            }
+        }
+        if timed_out {
             tracing::warn!(left = hub.connections(), "drain timed out");
         }
         hub.store().close().await;
         tracing::info!("stopped");
     }
+}
+
+/// Runs `tick` every `period` (the first after one period) until aborted.
+fn periodic<F, Fut>(period: Duration, mut tick: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            tick().await;
+        }
+    })
 }

@@ -126,6 +126,12 @@ impl Metrics {
     pub fn render(&self) -> String {
         self.render.render()
     }
+
+    /// Folds the histograms' recorded samples into their buckets. Rendering does it
+    /// too; without either, samples pile up with every message. Run periodically.
+    pub fn upkeep(&self) {
+        self.render.run_upkeep();
+    }
 }
 
 impl Default for Metrics {

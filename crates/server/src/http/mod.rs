@@ -1,23 +1,27 @@
 //! The HTTP surface: the WebSocket and SSE endpoints, the HTTP API, operations routes,
 //! and the OpenAPI document made from the same route table.
 
-pub mod api;
-pub mod error;
+mod extract;
 pub mod listener;
 mod ops;
+mod server_api;
+mod user_api;
 
 use std::sync::OnceLock;
 
 use axum::Json;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, HeaderValue, Method};
+use serde::Deserialize;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use utoipa::IntoParams;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::App;
+use crate::error::ApiError;
 use crate::transport::{sse, ws};
 
 #[derive(OpenApi)]
@@ -59,22 +63,22 @@ pub fn router(app: App) -> axum::Router {
         .routes(routes!(ops::health))
         .routes(routes!(ops::ready))
         .routes(routes!(ops::metrics))
-        .routes(routes!(api::admin_stats))
-        .routes(routes!(api::socket_stats))
-        .routes(routes!(api::admin_broadcast))
-        .routes(routes!(api::events_broadcast))
-        .routes(routes!(api::notify))
-        .routes(routes!(api::publish))
-        .routes(routes!(api::disconnect_user))
-        .routes(routes!(api::messages))
-        .routes(routes!(api::ice_servers))
+        .routes(routes!(server_api::admin_stats))
+        .routes(routes!(server_api::socket_stats))
+        .routes(routes!(server_api::admin_broadcast))
+        .routes(routes!(server_api::events_broadcast))
+        .routes(routes!(server_api::notify))
+        .routes(routes!(server_api::publish))
+        .routes(routes!(server_api::disconnect_user))
+        .routes(routes!(user_api::messages))
+        .routes(routes!(user_api::ice_servers))
         .routes(routes!(openapi))
         .split_for_parts();
     // The same code makes the same document: the first server's serves them all.
     let _ = DOCUMENT.set(doc);
     let cors = cors(&app.config.cors_origins);
     router
-        .fallback(|| async { error::ApiError::not_found("no such route") })
+        .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(app.config.max_body_bytes))
         .layer(cors)
         .with_state(app)
@@ -100,5 +104,23 @@ fn cors(origins: &[String]) -> CorsLayer {
             axum::http::header::CONTENT_TYPE,
             HeaderName::from_static("x-api-key"),
             HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("idempotency-key"),
         ])
+}
+
+/// A room id in a path.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RoomPath {
+    /// Room id: 1-128 characters of `A-Za-z0-9_-.:@`.
+    #[param(pattern = r"^[A-Za-z0-9_.:@-]{1,128}$")]
+    room: String,
+}
+
+fn room_param(room: &str) -> Result<(), ApiError> {
+    if switchboard_protocol::is_valid_room_id(room) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request("Invalid room ID"))
+    }
 }

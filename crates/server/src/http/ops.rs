@@ -8,8 +8,8 @@ use axum::response::IntoResponse;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
 use crate::app::App;
+use crate::error::{ApiError, ErrorBody};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -64,7 +64,7 @@ pub async fn ready(State(app): State<App>) -> Result<Json<Ready>, ApiError> {
     responses((status = 200, content_type = "text/plain; version=0.0.4", body = String)))]
 pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let m = app.hub.metrics();
-    m.rooms.set(app.hub.room_counts().len() as f64);
+    m.rooms.set(app.hub.local_rooms().len() as f64);
     (
         [(
             header::CONTENT_TYPE,

@@ -1,38 +1,47 @@
 //! The engine: sessions, rooms, and the one API every transport calls.
 //!
-//! The hub knows no HTTP and no socket. A transport authenticates, registers a
-//! [`Session`], feeds it parsed [`Frame`]s through [`Hub::dispatch`] and writes what
-//! the session's outbox yields. Everything a room receives goes through the broker;
-//! durable messages go through the store first.
+//! The hub knows no HTTP, no socket and no wire format. A transport authenticates,
+//! registers a [`Session`] with [`Hub::connect`] (whose [`Registration`] undoes it when
+//! dropped, on every exit path), decodes frames into requests for [`Hub::dispatch`],
+//! and writes what the session's outbox yields. Everything a room receives goes
+//! through the broker, durable messages through the store first; who is where is
+//! presence's to answer.
 
-mod dispatch;
+mod cmd;
+mod delivery;
 mod ratelimit;
 mod rooms;
 mod session;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::{BuildHasher, RandomState};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use parking_lot::Mutex;
 use serde::Serialize;
 use switchboard_protocol::{
-    CloseCode, PERSONAL_ROOM_PREFIX, RoomMembership, UserDisconnected, encode, now_millis,
-    personal_room,
+    CloseCode, PERSONAL_ROOM_PREFIX, SYSTEM_ROOM, UserDisconnected, now_millis, personal_room,
 };
+use tokio::sync::mpsc;
 
-pub use dispatch::{HandlerContext, MessageHandler};
+pub use cmd::{Announce, HandlerContext, JoinOptions, Joined, MessageHandler};
 pub use ratelimit::{RateLimiter, Verdict};
-pub use rooms::RoomIndex;
-pub use session::{OutboxLimits, Outgoing, Session, Text, Wire};
+pub use rooms::{LocalRoom, RoomIndex};
+pub use session::{OutboxLimits, Outgoing, Session, Wire};
 
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::{Broker, Envelope};
 use crate::config::Config;
+use crate::encode::Event;
 use crate::metrics::Metrics;
-use crate::store::{Committed, Draft, Store, StoreError};
+use crate::position::Position;
+use crate::presence::{Presence, PresenceError, RoomCounts};
+use crate::store::{Commit, Committed, Completion, Draft, Store, StoreError};
 
 const SESSION_SHARDS: usize = 32;
 
@@ -49,6 +58,10 @@ pub struct HubSettings {
     pub max_rooms_per_connection: usize,
     pub max_connections_per_user: usize,
     pub recovery_max_messages: u32,
+    pub recovery_max_bytes: usize,
+    pub history_max_bytes: usize,
+    pub join_list_limit: usize,
+    pub announce_max_members: u64,
     pub ping_timeout_secs: u64,
 }
 
@@ -65,25 +78,44 @@ impl HubSettings {
             max_rooms_per_connection: cfg.ws.max_rooms_per_connection,
             max_connections_per_user: cfg.ws.max_connections_per_user,
             recovery_max_messages: cfg.store.recovery_max_messages,
+            recovery_max_bytes: cfg.store.recovery_max_bytes,
+            history_max_bytes: cfg.store.history_max_bytes,
+            join_list_limit: cfg.rooms.join_list_limit,
+            announce_max_members: cfg.rooms.announce_max_members,
             ping_timeout_secs: cfg.ws.ping_timeout_secs,
         }
     }
 }
 
-/// `getStats`: connections and rooms of this node.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
+/// The seams a hub runs on.
+pub struct HubParts {
+    pub settings: HubSettings,
+    pub verifier: Verifier,
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn Presence>,
+    pub handlers: HashMap<String, MessageHandler>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The original design's getStats: connections and rooms of this node.
+#[derive(Debug, Clone, Default)]
 pub struct Stats {
     pub total_clients: usize,
     pub total_rooms: usize,
-    pub clients_by_room: Vec<RoomCount>,
+    /// Rooms (personal rooms excluded) and their connections, by room id.
+    pub clients_by_room: Vec<(String, usize)>,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RoomCount {
-    pub room_id: String,
-    pub client_count: usize,
+/// Why a connection was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("too many connections for this user")]
+    TooManyConnections,
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
+    #[error("the broker is unavailable")]
+    Broker,
 }
 
 /// Cheap to clone: every clone is the same hub.
@@ -97,53 +129,71 @@ struct Inner {
     verifier: Verifier,
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
+    presence: Arc<dyn Presence>,
     handlers: HashMap<String, MessageHandler>,
     metrics: Arc<Metrics>,
-    rooms: RoomIndex,
+    rooms: Arc<RoomIndex>,
     /// Sessions by client id, sharded.
     sessions: Box<[SessionShard]>,
     hasher: RandomState,
-    connections: AtomicU64,
+    /// Open sessions, by wire (WebSocket, SSE).
+    open: [AtomicU64; 2],
     next_session: AtomicU64,
     started: Instant,
     draining: AtomicBool,
 }
 
+/// A registered session. Dropping it (the connection ended, its task was cancelled or
+/// panicked) removes the session from the hub, its rooms and presence.
+pub struct Registration {
+    hub: Hub,
+    session: Arc<Session>,
+}
+
+impl Registration {
+    pub fn session(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.disconnect(&self.session);
+    }
+}
+
 impl Hub {
-    pub fn new(
-        settings: HubSettings,
-        verifier: Verifier,
-        store: Arc<dyn Store>,
-        broker: Arc<dyn Broker>,
-        handlers: HashMap<String, MessageHandler>,
-        metrics: Arc<Metrics>,
-    ) -> Hub {
-        let inner = Arc::new(Inner {
-            settings,
-            verifier,
-            store,
-            broker: broker.clone(),
-            handlers,
-            metrics,
-            rooms: RoomIndex::default(),
-            sessions: (0..SESSION_SHARDS)
-                .map(|_| Mutex::new(HashMap::new()))
-                .collect(),
-            hasher: RandomState::new(),
-            connections: AtomicU64::new(0),
-            next_session: AtomicU64::new(1),
-            started: Instant::now(),
-            draining: AtomicBool::new(false),
-        });
-        // The broker holds the hub weakly: the hub owns the broker, not the reverse.
-        let weak: Weak<Inner> = Arc::downgrade(&inner);
-        broker.subscribe(Arc::new(move |env: &Envelope| {
-            if let Some(inner) = weak.upgrade() {
-                let n = inner.rooms.deliver(env);
-                inner.metrics.deliveries.increment(n as u64);
-            }
-        }));
-        Hub { inner }
+    /// Builds the hub and starts its fan-out: the broker delivers into it, and the
+    /// store's commits (read from `commits`) are published in commit order.
+    pub fn new(parts: HubParts, commits: mpsc::Receiver<Vec<Commit>>) -> Hub {
+        let rooms = Arc::new(RoomIndex::default());
+        let fanout = delivery::Fanout::start(rooms.clone(), parts.metrics.clone());
+        parts.broker.start(Arc::new(fanout));
+        tokio::spawn(delivery::publish_commits(commits, parts.broker.clone()));
+        Hub {
+            inner: Arc::new(Inner {
+                settings: parts.settings,
+                verifier: parts.verifier,
+                store: parts.store,
+                broker: parts.broker,
+                presence: parts.presence,
+                handlers: parts.handlers,
+                metrics: parts.metrics,
+                rooms,
+                sessions: (0..SESSION_SHARDS)
+                    .map(|_| Mutex::new(HashMap::new()))
+                    .collect(),
+                hasher: RandomState::new(),
+                open: Default::default(),
+                next_session: AtomicU64::new(1),
+                started: Instant::now(),
+                draining: AtomicBool::new(false),
+            }),
+        }
     }
 
     pub fn settings(&self) -> &HubSettings {
@@ -154,12 +204,24 @@ impl Hub {
         &self.inner.store
     }
 
+    pub fn presence(&self) -> &Arc<dyn Presence> {
+        &self.inner.presence
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
     }
 
     pub fn verifier(&self) -> &Verifier {
         &self.inner.verifier
+    }
+
+    fn broker(&self) -> &Arc<dyn Broker> {
+        &self.inner.broker
+    }
+
+    fn rooms(&self) -> &RoomIndex {
+        &self.inner.rooms
     }
 
     /// Seconds since the hub started: the clock of liveness checks.
@@ -171,16 +233,32 @@ impl Hub {
         self.clock_secs()
     }
 
+    /// Open connections of this node, every transport.
     pub fn connections(&self) -> u64 {
-        self.inner.connections.load(Ordering::Relaxed)
+        self.inner
+            .open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .sum()
     }
 
-    pub fn room_counts(&self) -> Vec<(Arc<str>, usize)> {
-        self.inner.rooms.counts()
+    /// Open connections of this node on `wire`.
+    pub fn connections_on(&self, wire: Wire) -> u64 {
+        self.inner.open[wire as usize].load(Ordering::Relaxed)
+    }
+
+    /// Rooms of this node with a member, and their members by format.
+    pub fn local_rooms(&self) -> Vec<LocalRoom> {
+        self.rooms().rooms()
+    }
+
+    /// Joins in progress on this node (each buffers its room's live events).
+    pub fn pending_joins(&self) -> usize {
+        self.rooms().pending_joins()
     }
 
     pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Relaxed)
+        self.inner.draining.load(Ordering::SeqCst)
     }
 
     pub fn authenticate(&self, token: Option<&str>) -> Result<Identity, AuthError> {
@@ -199,16 +277,14 @@ impl Hub {
         }
     }
 
-    /// Whether `user_id` may open another WebSocket connection. Checked before the
-    /// connection registers, so two racing connects may both pass: the limit is a
-    /// guard against runaway clients, not an exact quota.
-    pub fn may_connect(&self, user_id: &str) -> bool {
-        let max = self.inner.settings.max_connections_per_user;
-        max == 0 || self.inner.rooms.member_count(&personal_room(user_id)) < max
-    }
-
-    /// Registers a new connection and puts it in its personal room.
-    pub fn connect(&self, identity: Identity, wire: Wire) -> Arc<Session> {
+    /// Registers a new connection. A participant is put in its personal room. Refused
+    /// when the user already has `max_connections_per_user` devices (every transport
+    /// counts). A connection registered during a drain is closed at once.
+    pub async fn connect(
+        &self,
+        identity: Identity,
+        wire: Wire,
+    ) -> Result<Registration, ConnectError> {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let client_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
         let s = &self.inner.settings;
@@ -224,18 +300,39 @@ impl Hub {
         self.session_shard(&client_id)
             .lock()
             .insert(client_id, session.clone());
-        self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        self.inner.open[wire as usize].fetch_add(1, Ordering::Relaxed);
         self.connection_gauge(wire).increment(1.0);
-        let personal: Arc<str> = personal_room(&session.user().id).into();
-        self.inner
-            .rooms
-            .finish_join(&personal, &session, None, |_| {});
-        session
+        self.rooms().session_opened(session.format);
+        // From here on, whatever happens, dropping this undoes the registration.
+        let registration = Registration {
+            hub: self.clone(),
+            session: session.clone(),
+        };
+        let devices = self.presence().connect(session.device()).await?;
+        let max = s.max_connections_per_user as u64;
+        if max > 0 && devices > max {
+            return Err(ConnectError::TooManyConnections);
+        }
+        if wire.participates() {
+            let personal: Arc<str> = personal_room(&session.user().id).into();
+            self.broker()
+                .subscribe(&personal)
+                .await
+                .map_err(|_| ConnectError::Broker)?;
+            self.rooms().begin_join(&personal, &session);
+            self.rooms().finish_join(&personal, &session, None);
+        }
+        // A drain that began while this one registered may not have seen it.
+        if self.is_draining() {
+            session.close(CloseCode::GoingAway);
+        }
+        Ok(registration)
     }
 
-    /// Removes a closed connection from every room; the rooms it was in hear
-    /// `user_disconnected`.
-    pub fn disconnect(&self, session: &Arc<Session>) {
+    /// Removes a closed connection from the hub, its rooms and presence; the rooms it
+    /// was in hear `user_disconnected` (up to `announce_max_members`). Runs once, from
+    /// the session's [`Registration`].
+    fn disconnect(&self, session: &Arc<Session>) {
         let removed = self
             .session_shard(&session.client_id)
             .lock()
@@ -244,25 +341,68 @@ impl Hub {
         if !removed {
             return;
         }
-        self.inner.connections.fetch_sub(1, Ordering::Relaxed);
+        self.inner.open[session.wire as usize].fetch_sub(1, Ordering::Relaxed);
         self.connection_gauge(session.wire).decrement(1.0);
-        self.inner
-            .rooms
-            .leave(&personal_room(&session.user().id), session.id);
-        if session.wire == Wire::Sse {
-            for room in session.take_rooms() {
-                self.inner.rooms.leave(&room, session.id);
+        self.rooms().session_closed(session.format);
+        let presence = self.presence();
+        if session.wire.participates() {
+            let personal = personal_room(&session.user().id);
+            if self.rooms().leave(&personal, session.id) {
+                self.broker().unsubscribe(&personal);
             }
+        }
+        let rooms = session.take_rooms();
+        for room in &rooms {
+            self.rooms().leave(room, session.id);
+            self.broker().unsubscribe(room);
+            if session.wire.participates() {
+                presence.leave(room, session.device());
+            }
+        }
+        presence.disconnect(session.device());
+        if !session.wire.participates() || rooms.is_empty() {
             return;
         }
-        let event = UserDisconnected {
-            user: session.user().clone(),
-            timestamp: now_millis(),
-        };
-        let frame: Text = encode("user_disconnected", &event, None).into();
-        for room in session.take_rooms() {
-            self.inner.rooms.leave(&room, session.id);
-            self.publish_frame(room, frame.clone(), None);
+        let event = Arc::new(Event::new(
+            "user_disconnected",
+            &UserDisconnected {
+                user: session.user().clone(),
+                peer_id: session.client_id.to_string(),
+                timestamp: now_millis(),
+            },
+        ));
+        let hub = self.clone();
+        let client_id = session.client_id.clone();
+        self.run_detached(async move {
+            for room in rooms {
+                if hub.announces(&room).await {
+                    hub.publish_event(room, event.clone(), Some(client_id.clone()))
+                        .await;
+                }
+            }
+        });
+    }
+
+    /// Runs `fut` now if it completes without waiting, else as a task of its own: for
+    /// the async tail of work started where nothing can wait (a `Drop`).
+    fn run_detached(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let mut fut = Box::pin(fut);
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        if Pin::new(&mut fut).poll(&mut cx) == Poll::Ready(()) {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(fut);
+        }
+    }
+
+    /// Whether joins and departures in `room` are announced: while it has at most
+    /// `announce_max_members` connections.
+    async fn announces(&self, room: &str) -> bool {
+        let max = self.inner.settings.announce_max_members;
+        match self.presence().counts(room).await {
+            Ok(c) => c.connections < max,
+            Err(_) => false,
         }
     }
 
@@ -271,46 +411,34 @@ impl Hub {
         self.session_shard(client_id).lock().get(client_id).cloned()
     }
 
-    /// Publishes an ephemeral event to a room on every node.
-    pub fn publish<T: Serialize + ?Sized>(
+    /// Publishes an ephemeral event `{type: kind, data}` to a room on every node.
+    pub async fn publish<T: Serialize + ?Sized>(&self, room: Arc<str>, kind: &str, data: &T) {
+        let event = Arc::new(Event::new(kind.to_string(), data));
+        self.publish_event(room, event, None).await;
+    }
+
+    /// Publishes `event` to `room`, except to the connection `exclude`.
+    pub async fn publish_event(
         &self,
         room: Arc<str>,
-        kind: &str,
-        data: &T,
-        exclude: Option<u64>,
+        event: Arc<Event>,
+        exclude: Option<Arc<str>>,
     ) {
-        self.publish_frame(room, encode(kind, data, None).into(), exclude);
-    }
-
-    fn publish_frame(&self, room: Arc<str>, frame: Text, exclude: Option<u64>) {
-        self.inner.broker.publish(Envelope {
+        let env = Envelope {
             room,
-            frame,
-            offset: None,
+            event,
             exclude,
-        });
-    }
-
-    /// Tells the others in `room` that `session` left it.
-    fn announce_leave(&self, session: &Session, room: Arc<str>) {
-        let event = RoomMembership {
-            user: session.user().clone(),
-            room_id: room.to_string(),
-            peer_id: session.client_id.to_string(),
-            timestamp: now_millis(),
         };
-        self.publish(room, "user_left_room", &event, Some(session.id));
+        if let Err(e) = self.broker().publish(env).await {
+            tracing::warn!(error = %e, "publish failed");
+        }
     }
 
-    /// Leaves every joined room except `keep` (an exclusive join).
-    fn leave_all_except(&self, session: &Session, keep: &str) {
-        for room in session.rooms() {
-            if &*room != keep && !room.starts_with(PERSONAL_ROOM_PREFIX) {
-                session.remove_room(&room);
-                self.inner.rooms.leave(&room, session.id);
-                self.announce_leave(session, room);
-            }
-        }
+    /// Publishes without waiting: now if the broker takes it at once, else in the
+    /// background.
+    pub fn publish_detached(&self, room: Arc<str>, event: Arc<Event>, exclude: Option<Arc<str>>) {
+        let hub = self.clone();
+        self.run_detached(async move { hub.publish_event(room, event, exclude).await });
     }
 
     /// One pass of liveness over every session: ping the live, close the silent.
@@ -320,7 +448,7 @@ impl Hub {
         let timeout = self.inner.settings.ping_timeout_secs;
         for shard in self.inner.sessions.iter() {
             let sessions: Vec<Arc<Session>> = shard.lock().values().cloned().collect();
-            for s in sessions.into_iter().filter(|s| s.wire == Wire::WebSocket) {
+            for s in sessions.into_iter().filter(|s| s.wire.participates()) {
                 if now.saturating_sub(s.last_seen()) >= timeout {
                     s.close(CloseCode::Timeout);
                 } else {
@@ -328,6 +456,7 @@ impl Hub {
                 }
             }
         }
+        self.presence().heartbeat();
     }
 
     /// Every session of this node.
@@ -341,10 +470,11 @@ impl Hub {
 
     /// Sends `{type: kind, data}` to every connection of this node, on every transport.
     pub fn broadcast_all<T: Serialize + ?Sized>(&self, kind: &str, data: &T) -> usize {
-        let frame: Text = encode(kind, data, None).into();
+        let event = Event::new(kind.to_string(), data);
+        event.prepare(self.rooms().live_formats());
         let mut n = 0;
         for s in self.all_sessions() {
-            if s.push(Outgoing::Text(frame.clone())) {
+            if s.push_frame(event.frame(s.format).clone()) {
                 n += 1;
             }
         }
@@ -352,7 +482,7 @@ impl Hub {
         n
     }
 
-    /// Closes every connection of `user_id` with `code`; returns how many.
+    /// Closes every connection of `user_id` on this node with `code`; returns how many.
     pub fn disconnect_user(&self, user_id: &str, code: CloseCode) -> usize {
         let sessions: Vec<_> = self
             .all_sessions()
@@ -365,78 +495,97 @@ impl Hub {
         sessions.len()
     }
 
-    /// Whether `user_id` has a connection (any transport) in `room`.
-    pub fn user_in_room(&self, user_id: &str, room: &str) -> bool {
-        self.inner
-            .rooms
-            .members(room)
-            .iter()
-            .any(|s| s.user().id == user_id)
+    /// Whether `user_id` has a connection in `room` (any node).
+    pub async fn user_in_room(&self, user_id: &str, room: &str) -> Result<bool, PresenceError> {
+        self.presence().has_user(room, user_id).await
     }
 
-    /// A room's last committed offset (0 for an empty room).
-    pub async fn head(&self, room: &str) -> Result<u64, StoreError> {
-        let last = self
-            .inner
-            .store
-            .range(room, switchboard_protocol::HistoryRange::Latest, 1)
-            .await?;
-        Ok(last.last().map_or(0, |m| m.offset))
+    /// The room's position now.
+    pub async fn head(&self, room: &str) -> Result<Position, StoreError> {
+        self.inner.store.head(room).await
     }
 
     /// Stores and publishes a message from the server itself (the HTTP API), and waits
     /// until it is durable.
     pub async fn publish_durable(&self, draft: Draft) -> Result<Committed, StoreError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner
-            .store
-            .append(
-                draft,
-                Box::new(move |result| {
-                    let _ = tx.send(result);
-                }),
-            )
-            .await?;
+        let done = Completion::new(move |result| {
+            let _ = tx.send(result);
+        });
+        self.inner.store.append(draft, done).await;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// The original design's getStats: totals and per-room connection counts, of all
-    /// transports or of one.
+    /// The original design's getStats for this node: connections of all transports or
+    /// of one, and the rooms they are in (personal rooms excluded).
     pub fn stats(&self, wire: Option<Wire>) -> Stats {
-        let mut by_room: HashMap<Arc<str>, usize> = HashMap::new();
-        let mut total = 0;
-        for s in self.all_sessions() {
-            if wire.is_some_and(|w| w != s.wire) {
-                continue;
-            }
-            total += 1;
-            for room in s.rooms() {
-                *by_room.entry(room).or_default() += 1;
-            }
-        }
-        let mut clients_by_room: Vec<RoomCount> = by_room
+        let total_clients = match wire {
+            Some(w) => self.connections_on(w),
+            None => self.connections(),
+        } as usize;
+        let format = wire.map(Wire::format);
+        let mut clients_by_room: Vec<(String, usize)> = self
+            .local_rooms()
             .into_iter()
-            .map(|(room, n)| RoomCount {
-                room_id: room.to_string(),
-                client_count: n,
+            .filter(|r| !r.room.starts_with(PERSONAL_ROOM_PREFIX))
+            .map(|r| {
+                let n = match format {
+                    Some(f) => r.by_format[f.index()] as usize,
+                    None => r.total(),
+                };
+                (r.room.to_string(), n)
             })
+            .filter(|(_, n)| *n > 0)
             .collect();
-        clients_by_room.sort_by(|a, b| a.room_id.cmp(&b.room_id));
+        clients_by_room.sort();
         Stats {
-            total_clients: total,
+            total_clients,
             total_rooms: clients_by_room.len(),
             clients_by_room,
         }
     }
 
+    /// The periodic `stats` event on `system`: totals only (room ids are the server
+    /// API's), and only when this node has a subscriber there.
+    pub async fn publish_system_stats(&self) {
+        if self.rooms().member_count(SYSTEM_ROOM) == 0 {
+            return;
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct SystemStats<'a> {
+            node_id: &'a str,
+            total_clients: u64,
+            total_rooms: usize,
+            timestamp: u64,
+        }
+        let total_rooms = self
+            .local_rooms()
+            .iter()
+            .filter(|r| !r.room.starts_with(PERSONAL_ROOM_PREFIX))
+            .count();
+        let stats = SystemStats {
+            node_id: &self.inner.settings.node_id,
+            total_clients: self.connections(),
+            total_rooms,
+            timestamp: now_millis(),
+        };
+        self.publish(SYSTEM_ROOM.into(), "stats", &stats).await;
+    }
+
     /// Starts a drain: the node reports unready and every connection is asked to close
     /// with `code`.
     pub fn drain(&self, code: CloseCode) {
-        self.inner.draining.store(true, Ordering::Relaxed);
+        self.inner.draining.store(true, Ordering::SeqCst);
         for shard in self.inner.sessions.iter() {
             for s in shard.lock().values() {
                 s.close(code);
             }
         }
+    }
+
+    /// Room counts from presence, for the server API.
+    pub async fn room_counts(&self, room: &str) -> Result<RoomCounts, PresenceError> {
+        self.presence().counts(room).await
     }
 }

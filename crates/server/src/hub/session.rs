@@ -1,5 +1,5 @@
-//! One connection as the hub sees it: who it is, which rooms it is in, and its bounded
-//! outbox.
+//! One connection as the hub sees it: who it is, its wire format, which rooms it is in,
+//! and its bounded outbox.
 //!
 //! The outbox is a plain vector behind a short mutex. Producers (fan-out, replies)
 //! push and wake the connection's writer; the writer swaps the whole vector out in one
@@ -10,24 +10,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
-use switchboard_protocol::{CloseCode, UserInfo};
+use serde::Serialize;
+use switchboard_protocol::{CloseCode, ErrorData, ErrorKind, Ref, UserInfo, now_millis};
 use tokio::sync::Notify;
 
 use super::ratelimit::RateLimiter;
 use crate::auth::Identity;
-
-use crate::broker::Envelope;
-pub use crate::broker::Text;
+use crate::encode::{Event, Format, Frame, reply};
+use crate::position::Position;
+use crate::presence::Device;
 
 /// What a connection's writer sends next.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    Text(Text),
+    Frame(Frame),
     /// A durable room event, for writers that track positions (SSE event ids).
-    Durable {
-        frame: Text,
+    Positioned {
+        frame: Frame,
         room: Arc<str>,
         offset: u64,
+        epoch: Arc<str>,
     },
     Ping,
 }
@@ -35,7 +37,7 @@ pub enum Outgoing {
 impl Outgoing {
     fn len(&self) -> usize {
         match self {
-            Outgoing::Text(t) | Outgoing::Durable { frame: t, .. } => t.len(),
+            Outgoing::Frame(f) | Outgoing::Positioned { frame: f, .. } => f.len(),
             Outgoing::Ping => 0,
         }
     }
@@ -58,6 +60,20 @@ impl Wire {
             Wire::WebSocket => "websocket",
             Wire::Sse => "sse",
         }
+    }
+
+    pub fn format(self) -> Format {
+        match self {
+            Wire::WebSocket => Format::Native,
+            Wire::Sse => Format::Sse,
+        }
+    }
+
+    /// A participant is announced to rooms, listed among members and peers, answers
+    /// pings, and is in its user's personal room from the start. A listener receives
+    /// only the rooms it names.
+    pub fn participates(self) -> bool {
+        self == Wire::WebSocket
     }
 }
 
@@ -87,12 +103,15 @@ pub struct Session {
     pub client_id: Arc<str>,
     pub identity: Identity,
     pub wire: Wire,
+    pub format: Format,
     /// Rooms the client joined, its personal room excluded.
     rooms: Mutex<Vec<Arc<str>>>,
     outbox: Mutex<Outbox>,
     ready: Notify,
     limits: OutboxLimits,
-    /// Hub-clock second of the last frame received: the liveness sweep reads it.
+    /// Hub-clock second of the last sign of life: a frame received, or a request
+    /// finished (a request the server is slow to answer does not make its sender
+    /// look dead).
     last_seen: AtomicU64,
     pub(super) rate: Mutex<RateLimiter>,
 }
@@ -112,6 +131,7 @@ impl Session {
             client_id,
             identity,
             wire,
+            format: wire.format(),
             rooms: Mutex::new(Vec::new()),
             outbox: Mutex::new(Outbox::default()),
             ready: Notify::new(),
@@ -125,6 +145,15 @@ impl Session {
         &self.identity.user
     }
 
+    /// This connection as presence records it.
+    pub fn device(&self) -> Device<'_> {
+        Device {
+            client_id: &self.client_id,
+            user: &self.identity.user,
+            transport: self.wire.as_str(),
+        }
+    }
+
     /// Queues a frame. Returns false when the connection is closing; an overflow makes
     /// it a slow consumer: its queue is dropped and it will be closed with 1013.
     pub fn push(&self, frame: Outgoing) -> bool {
@@ -132,32 +161,66 @@ impl Session {
         self.push_locked(q, frame)
     }
 
-    /// Queues a room event, skipping a durable one this session already got by replay.
-    pub fn push_event(&self, env: &Envelope) -> bool {
-        self.push_room_frame(&env.room, env.offset, env.frame.clone())
+    pub fn push_frame(&self, frame: Frame) -> bool {
+        self.push(Outgoing::Frame(frame))
     }
 
-    /// Queues an event of `room` (durable if it has an offset) in the form this
+    /// Sends `{type: kind, data, ref}` to this session, in its format.
+    pub fn reply<T: Serialize + ?Sized>(&self, kind: &str, data: &T, r: Option<&Ref>) -> bool {
+        self.push_frame(reply(self.format, kind, data, r))
+    }
+
+    /// Sends an `error` for `err`, with the request's `ref`.
+    pub fn error(&self, err: &ErrorKind, r: Option<&Ref>) -> bool {
+        let data = ErrorData {
+            message: err.to_string(),
+            code: err.code().to_string(),
+            timestamp: now_millis(),
+        };
+        self.reply("error", &data, r)
+    }
+
+    /// Queues a room event (its encoding in this session's format must be prepared),
+    /// skipping a durable one this session already got by replay.
+    pub fn push_event(&self, room: &Arc<str>, event: &Event) -> bool {
+        self.push_room_frame(room, event.position(), event.frame(self.format).clone())
+    }
+
+    /// Queues an event of `room` (durable if it has a position) in the form this
     /// session's writer needs.
-    pub fn push_room_frame(&self, room: &Arc<str>, offset: Option<u64>, frame: Text) -> bool {
+    pub fn push_room_frame(
+        &self,
+        room: &Arc<str>,
+        position: Option<&Position>,
+        frame: Frame,
+    ) -> bool {
         let mut q = self.outbox.lock();
-        if let (Some(offset), false) = (offset, q.floors.is_empty())
+        if let (Some(p), false) = (position, q.floors.is_empty())
             && let Some(i) = q.floors.iter().position(|(r, _)| r == room)
         {
-            if offset <= q.floors[i].1 {
+            if p.offset <= q.floors[i].1 {
                 return true;
             }
             q.floors.swap_remove(i);
         }
-        let frame = match (self.wire, offset) {
-            (Wire::Sse, Some(offset)) => Outgoing::Durable {
+        let frame = match (self.format, position) {
+            (Format::Sse, Some(p)) => Outgoing::Positioned {
                 frame,
                 room: room.clone(),
-                offset,
+                offset: p.offset,
+                epoch: p.epoch.clone(),
             },
-            _ => Outgoing::Text(frame),
+            _ => Outgoing::Frame(frame),
         };
         self.push_locked(q, frame)
+    }
+
+    /// Forgets what an earlier membership of `room` replayed: a new join starts over.
+    pub(super) fn clear_floor(&self, room: &str) {
+        let mut q = self.outbox.lock();
+        if !q.floors.is_empty() {
+            q.floors.retain(|(r, _)| &**r != room);
+        }
     }
 
     /// Marks `room` as replayed up to `offset` (see `floors`).
@@ -191,8 +254,9 @@ impl Session {
         true
     }
 
-    pub fn push_text(&self, text: impl Into<Text>) -> bool {
-        self.push(Outgoing::Text(text.into()))
+    /// The outbox's bounds.
+    pub fn limits(&self) -> OutboxLimits {
+        self.limits
     }
 
     /// Asks the writer to close the connection with `code` once what is queued is sent.
@@ -262,13 +326,6 @@ impl Session {
     pub(super) fn take_rooms(&self) -> Vec<Arc<str>> {
         std::mem::take(&mut *self.rooms.lock())
     }
-
-    /// Whether the two sessions share a joined room.
-    pub fn shares_room_with(&self, other: &Session) -> bool {
-        let mine = self.rooms();
-        let theirs = other.rooms.lock();
-        mine.iter().any(|r| theirs.contains(r))
-    }
 }
 
 #[cfg(test)]
@@ -297,17 +354,21 @@ mod tests {
         )
     }
 
+    fn text(s: &'static str) -> Frame {
+        Frame::from_static(s)
+    }
+
     #[test]
     fn take_drains_in_order() {
         let s = session(10, 1000);
-        assert!(s.push_text("a"));
-        assert!(s.push_text("b"));
+        assert!(s.push_frame(text("a")));
+        assert!(s.push_frame(text("b")));
         let mut batch = Vec::new();
         assert_eq!(s.take(&mut batch), None);
         let texts: Vec<_> = batch
             .iter()
             .map(|f| match f {
-                Outgoing::Text(t) => t.as_str().to_string(),
+                Outgoing::Frame(t) => t.as_str().to_string(),
                 _ => "other".into(),
             })
             .collect();
@@ -320,31 +381,45 @@ mod tests {
     #[test]
     fn overflow_makes_a_slow_consumer() {
         let s = session(2, 1000);
-        assert!(s.push_text("a"));
-        assert!(s.push_text("b"));
-        assert!(!s.push_text("c"));
+        assert!(s.push_frame(text("a")));
+        assert!(s.push_frame(text("b")));
+        assert!(!s.push_frame(text("c")));
         let mut batch = Vec::new();
         assert_eq!(s.take(&mut batch), Some(CloseCode::SlowConsumer));
         assert!(batch.is_empty(), "a slow consumer's queue is dropped");
-        assert!(!s.push_text("d"));
+        assert!(!s.push_frame(text("d")));
     }
 
     #[test]
     fn byte_bound() {
         let s = session(100, 3);
-        assert!(s.push_text("ab"));
-        assert!(!s.push_text("cd"));
+        assert!(s.push_frame(text("ab")));
+        assert!(!s.push_frame(text("cd")));
         assert!(s.is_closing());
     }
 
     #[test]
     fn first_close_wins() {
         let s = session(10, 100);
-        s.push_text("x");
+        s.push_frame(text("x"));
         s.close(CloseCode::GoingAway);
         s.close(CloseCode::Timeout);
         let mut batch = Vec::new();
         assert_eq!(s.take(&mut batch), Some(CloseCode::GoingAway));
         assert_eq!(batch.len(), 1, "queued frames go out before the close");
+    }
+
+    #[test]
+    fn a_replayed_offset_is_not_delivered_twice() {
+        let s = session(10, 1000);
+        let room: Arc<str> = "r".into();
+        let epoch: Arc<str> = "e".into();
+        s.set_floor(room.clone(), 5);
+        assert!(s.push_room_frame(&room, Some(&Position::new(5, epoch.clone())), text("5")));
+        assert!(s.push_room_frame(&room, Some(&Position::new(6, epoch.clone())), text("6")));
+        assert!(s.push_room_frame(&room, Some(&Position::new(4, epoch)), text("4")));
+        let mut batch = Vec::new();
+        s.take(&mut batch);
+        assert_eq!(batch.len(), 2, "5 was replayed; after 6 the floor is gone");
     }
 }

@@ -1,57 +1,96 @@
 //! The embedded default store: one SQLite file in WAL mode.
 //!
 //! One writer task owns the write connection and commits batches; reads use a small
-//! pool of their own connections, which WAL lets run beside the writer.
+//! pool of their own connections, which WAL lets run beside the writer. The schema is
+//! versioned by sqlx migrations (`migrations/sqlite/`), applied at open: a database
+//! written by an earlier release is upgraded in place.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use parking_lot::Mutex;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{Connection, QueryBuilder, Row, Sqlite};
-use switchboard_protocol::{HistoryRange, NewMessage};
+use sqlx::{Connection, QueryBuilder, Row, SqlStr, Sqlite};
+use switchboard_protocol::{HistoryRange, NewMessage, now_millis};
 use tokio::sync::{mpsc, oneshot};
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use super::{Committed, Draft, OnDurable, Store, StoreError, StoreStats, StoredMessage};
-use crate::broker::{Broker, Envelope};
+use super::{
+    Commit, CommitLog, Committed, Completion, DedupeKey, Draft, Gap, Page, Store, StoreError,
+    StoreStats, StoredMessage,
+};
 use crate::metrics::Metrics;
+use crate::position::{Position, new_epoch};
 
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 1024;
-/// Rows per INSERT statement (5 parameters each, far below SQLite's limit).
+/// Rows per INSERT statement (6 parameters each, far below SQLite's limit).
 const ROWS_PER_INSERT: usize = 128;
-/// Rooms whose last offset the writer remembers.
+/// Rooms whose last offset the writer remembers (and readers may ask for).
 const MAX_CACHED_ROOMS: usize = 100_000;
 /// Drafts waiting for the writer before `append` makes senders wait.
 const QUEUE: usize = 16 * 1024;
+/// How often expired idempotency keys are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS messages (
-    room TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    id TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    data TEXT NOT NULL,
-    PRIMARY KEY (room, seq)
-) WITHOUT ROWID";
+/// What the SQLite store needs from the config.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// Directory of `switchboard.db` (created if missing).
+    pub dir: PathBuf,
+    /// `synchronous = full` (fsync every commit) rather than `normal`.
+    pub synchronous_full: bool,
+    /// How long an idempotency key is remembered.
+    pub dedupe_window: Duration,
+}
+
+fn migrator() -> Migrator {
+    let migration = |version, description: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            SqlStr::from_static(sql),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "messages",
+            include_str!("migrations/sqlite/0001_messages.sql"),
+        ),
+        migration(
+            2,
+            "positions",
+            include_str!("migrations/sqlite/0002_positions.sql"),
+        ),
+    ])
+}
 
 // Drafts travel by value: boxing them would cost an allocation per message.
 #[allow(clippy::large_enum_variant)]
 enum Job {
-    Append(Draft, OnDurable),
+    Append(Draft, Completion),
     Close(oneshot::Sender<()>),
 }
 
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     reads: SqlitePool,
+    epoch: Arc<str>,
+    /// Last offsets the writer committed, for `head` without a query. Only the writer
+    /// inserts: a reader's view of the database may be older than the writer's.
+    heads: Arc<Mutex<HashMap<Arc<str>, u64>>>,
     counters: Arc<Counters>,
 }
 
@@ -61,120 +100,236 @@ struct Counters {
     messages: AtomicU64,
 }
 
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+/// A failed statement: a database error (a constraint, say) concerns the rows at hand,
+/// anything else (I/O, a closed connection) the whole store.
+fn classify(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(d) => StoreError::Rejected(d.to_string()),
+        other => unavailable(other),
+    }
+}
+
+/// Offsets are u64 on the wire and i64 in SQLite; past i64 no room ever gets.
+fn bind_offset(offset: u64) -> i64 {
+    offset.min(i64::MAX as u64) as i64
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) `dir/switchboard.db` and starts the writer, which
-    /// publishes committed messages through `broker`.
+    /// Opens (creating if needed) `dir/switchboard.db`, applies migrations and starts
+    /// the writer, which hands its outcomes to `commits`.
     pub async fn open(
-        dir: &Path,
-        synchronous_full: bool,
-        broker: Arc<dyn Broker>,
+        opts: &SqliteOptions,
+        commits: CommitLog,
         metrics: Arc<Metrics>,
     ) -> Result<SqliteStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StoreError::Database(format!("cannot create data dir {}: {e}", dir.display()))
+        std::fs::create_dir_all(&opts.dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create data dir {}: {e}",
+                opts.dir.display()
+            ))
         })?;
-        let opts = SqliteConnectOptions::new()
-            .filename(dir.join("switchboard.db"))
+        let connect = SqliteConnectOptions::new()
+            .filename(opts.dir.join("switchboard.db"))
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(if synchronous_full {
+            .synchronous(if opts.synchronous_full {
                 SqliteSynchronous::Full
             } else {
                 SqliteSynchronous::Normal
             })
             .busy_timeout(Duration::from_secs(5));
-        let mut writer = SqliteConnection::connect_with(&opts).await?;
-        sqlx::query(SCHEMA).execute(&mut writer).await?;
+        let mut writer = SqliteConnection::connect_with(&connect)
+            .await
+            .map_err(unavailable)?;
+        migrator()
+            .run(&mut writer)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("migrating the database: {e}")))?;
+        sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)")
+            .bind(new_epoch())
+            .execute(&mut writer)
+            .await
+            .map_err(unavailable)?;
+        let epoch: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'epoch'")
+            .fetch_one(&mut writer)
+            .await
+            .map_err(unavailable)?;
+        let epoch: Arc<str> = epoch.into();
         let reads = SqlitePoolOptions::new()
             .max_connections(4)
-            .connect_with(opts.read_only(true))
-            .await?;
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters = Arc::new(Counters::default());
-        tokio::spawn(Writer::new(writer, broker, counters.clone(), metrics).run(rx));
+        let heads = Arc::new(Mutex::new(HashMap::new()));
+        let w = Writer {
+            conn: writer,
+            epoch: epoch.clone(),
+            commits,
+            last_offsets: HashMap::new(),
+            heads: heads.clone(),
+            counters: counters.clone(),
+            metrics,
+            dedupe_window_ms: opts.dedupe_window.as_millis() as u64,
+            pruned: Instant::now(),
+        };
+        tokio::spawn(w.run(rx));
         Ok(SqliteStore {
             jobs: tx,
             reads,
+            epoch,
+            heads,
             counters,
         })
     }
 }
 
 impl Store for SqliteStore {
-    fn append(&self, draft: Draft, done: OnDurable) -> BoxFuture<'_, Result<(), StoreError>> {
+    fn append(&self, draft: Draft, done: Completion) -> BoxFuture<'_, ()> {
         async move {
-            self.jobs
-                .send(Job::Append(draft, done))
-                .await
-                .map_err(|_| StoreError::Closed)
+            // A closed queue gives the job back; dropping it answers `Closed`.
+            let _ = self.jobs.send(Job::Append(draft, done)).await;
         }
         .boxed()
     }
 
-    fn range<'a>(
+    fn head<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Position, StoreError>> {
+        async move {
+            let cached = self.heads.lock().get(room).copied();
+            let offset = match cached {
+                Some(o) => o,
+                None => {
+                    let max: i64 = sqlx::query_scalar(
+                        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room = ?",
+                    )
+                    .bind(room)
+                    .fetch_one(&self.reads)
+                    .await
+                    .map_err(unavailable)?;
+                    max as u64
+                }
+            };
+            Ok(Position::new(offset, self.epoch.clone()))
+        }
+        .boxed()
+    }
+
+    fn read<'a>(
         &'a self,
         room: &'a str,
         range: HistoryRange,
         limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<StoredMessage>, StoreError>> {
+        max_bytes: usize,
+    ) -> BoxFuture<'a, Result<Page, StoreError>> {
         async move {
             let limit = i64::from(limit);
-            let rows =
-                match range {
-                    HistoryRange::Since(after) => {
-                        sqlx::query(
-                            "SELECT seq, data FROM messages WHERE room = ? AND seq > ? \
-                         ORDER BY seq ASC LIMIT ?",
-                        )
-                        .bind(room)
-                        .bind(after as i64)
-                        .bind(limit)
-                        .fetch_all(&self.reads)
-                        .await?
-                    }
-                    HistoryRange::Between { since, before } => {
-                        sqlx::query(
-                            "SELECT seq, data FROM messages WHERE room = ? AND seq > ? AND seq < ? \
-                         ORDER BY seq ASC LIMIT ?",
-                        )
-                        .bind(room)
-                        .bind(since.min(i64::MAX as u64) as i64)
-                        .bind(before.min(i64::MAX as u64) as i64)
-                        .bind(limit)
-                        .fetch_all(&self.reads)
-                        .await?
-                    }
-                    HistoryRange::Before(before) => {
-                        sqlx::query(
-                            "SELECT seq, data FROM messages WHERE room = ? AND seq < ? \
-                         ORDER BY seq DESC LIMIT ?",
-                        )
-                        .bind(room)
-                        .bind(before.min(i64::MAX as u64) as i64)
-                        .bind(limit)
-                        .fetch_all(&self.reads)
-                        .await?
-                    }
-                    HistoryRange::Latest => sqlx::query(
-                        "SELECT seq, data FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
-                    )
-                    .bind(room)
-                    .bind(limit)
-                    .fetch_all(&self.reads)
-                    .await?,
-                };
-            let mut out: Vec<StoredMessage> = rows
-                .into_iter()
-                .map(|r| StoredMessage {
-                    offset: r.get::<i64, _>(0) as u64,
-                    data: r.get(1),
-                })
-                .collect();
-            if matches!(range, HistoryRange::Before(_) | HistoryRange::Latest) {
-                out.reverse();
+            let q = match range {
+                HistoryRange::Since(after) => sqlx::query(
+                    "SELECT seq, data FROM messages WHERE room = ? AND seq > ? \
+                     ORDER BY seq ASC LIMIT ?",
+                )
+                .bind(room)
+                .bind(bind_offset(after))
+                .bind(limit),
+                HistoryRange::Between { since, before } => sqlx::query(
+                    "SELECT seq, data FROM messages WHERE room = ? AND seq > ? AND seq < ? \
+                     ORDER BY seq ASC LIMIT ?",
+                )
+                .bind(room)
+                .bind(bind_offset(since))
+                .bind(bind_offset(before))
+                .bind(limit),
+                HistoryRange::Before(before) => sqlx::query(
+                    "SELECT seq, data FROM messages WHERE room = ? AND seq < ? \
+                     ORDER BY seq DESC LIMIT ?",
+                )
+                .bind(room)
+                .bind(bind_offset(before))
+                .bind(limit),
+                HistoryRange::Latest => sqlx::query(
+                    "SELECT seq, data FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
+                )
+                .bind(room)
+                .bind(limit),
+            };
+            // Rows arrive one at a time; reading stops at the byte bound, so a page of
+            // large messages never sits in memory whole.
+            let mut rows = q.fetch(&self.reads);
+            let mut page = Page::default();
+            let mut bytes = 0usize;
+            while let Some(row) = rows.try_next().await.map_err(unavailable)? {
+                let data: String = row.get(1);
+                if !page.messages.is_empty() && bytes + data.len() > max_bytes {
+                    page.truncated = true;
+                    break;
+                }
+                bytes += data.len();
+                page.messages.push(StoredMessage {
+                    offset: row.get::<i64, _>(0) as u64,
+                    data,
+                });
             }
-            Ok(out)
+            if matches!(range, HistoryRange::Before(_) | HistoryRange::Latest) {
+                page.messages.reverse();
+            }
+            Ok(page)
         }
+        .boxed()
+    }
+
+    fn gap<'a>(
+        &'a self,
+        room: &'a str,
+        after: u64,
+        upto: u64,
+        max_messages: u32,
+    ) -> BoxFuture<'a, Result<Gap, StoreError>> {
+        async move {
+            let row = sqlx::query(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM (SELECT size FROM messages \
+                 WHERE room = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?)",
+            )
+            .bind(room)
+            .bind(bind_offset(after))
+            .bind(bind_offset(upto))
+            .bind(i64::from(max_messages) + 1)
+            .fetch_one(&self.reads)
+            .await
+            .map_err(unavailable)?;
+            Ok(Gap {
+                messages: row.get::<i64, _>(0) as u64,
+                bytes: row.get::<i64, _>(1) as u64,
+            })
+        }
+        .boxed()
+    }
+
+    fn replay<'a>(
+        &'a self,
+        room: &'a str,
+        after: u64,
+        upto: u64,
+    ) -> BoxStream<'a, Result<StoredMessage, StoreError>> {
+        sqlx::query(
+            "SELECT seq, data FROM messages WHERE room = ? AND seq > ? AND seq <= ? \
+             ORDER BY seq ASC",
+        )
+        .bind(room)
+        .bind(bind_offset(after))
+        .bind(bind_offset(upto))
+        .fetch(&self.reads)
+        .map(|row| {
+            let row = row.map_err(unavailable)?;
+            Ok(StoredMessage {
+                offset: row.get::<i64, _>(0) as u64,
+                data: row.get(1),
+            })
+        })
         .boxed()
     }
 
@@ -203,13 +358,18 @@ impl Store for SqliteStore {
 
 struct Writer {
     conn: SqliteConnection,
-    broker: Arc<dyn Broker>,
+    epoch: Arc<str>,
+    commits: CommitLog,
     /// Last offset of each room written so far; a room not here is read from disk.
     last_offsets: HashMap<Arc<str>, u64>,
+    heads: Arc<Mutex<HashMap<Arc<str>, u64>>>,
     counters: Arc<Counters>,
     metrics: Arc<Metrics>,
+    dedupe_window_ms: u64,
+    pruned: Instant,
 }
 
+/// A row to insert.
 struct Row_ {
     room: Arc<str>,
     offset: u64,
@@ -219,21 +379,6 @@ struct Row_ {
 }
 
 impl Writer {
-    fn new(
-        conn: SqliteConnection,
-        broker: Arc<dyn Broker>,
-        counters: Arc<Counters>,
-        metrics: Arc<Metrics>,
-    ) -> Writer {
-        Writer {
-            conn,
-            broker,
-            last_offsets: HashMap::new(),
-            counters,
-            metrics,
-        }
-    }
-
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut jobs_buf = Vec::with_capacity(MAX_BATCH);
@@ -249,9 +394,19 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                self.commit(&mut batch).await;
+                let outcomes = self.commit(&mut batch).await;
+                // The hub is gone (shutting down): dropping the outcomes answers every
+                // sender with `Closed`.
+                let _ = self.commits.send(outcomes).await;
+            }
+            if self.pruned.elapsed() >= PRUNE_EVERY {
+                self.prune().await;
             }
             if let Some(tx) = closing {
+                // What is still queued behind the close is answered, not forgotten:
+                // each dropped job's completion says `Closed`.
+                jobs.close();
+                while jobs.try_recv().is_ok() {}
                 let _ = self.conn.close_hard().await;
                 let _ = tx.send(());
                 return;
@@ -259,53 +414,95 @@ impl Writer {
         }
     }
 
-    /// Commits `batch` in one transaction, then publishes and acknowledges each
-    /// message in order. On failure nothing is published and every sender hears why.
-    async fn commit(&mut self, batch: &mut Vec<(Draft, OnDurable)>) {
-        let (drafts, dones): (Vec<Draft>, Vec<OnDurable>) = batch.drain(..).unzip();
-        let started = std::time::Instant::now();
-        let written = self.write(drafts).await;
+    /// Commits `batch` in one transaction. If that fails, each draft is tried on its
+    /// own, so one bad row does not fail the messages it was batched with.
+    async fn commit(&mut self, batch: &mut Vec<(Draft, Completion)>) -> Vec<Commit> {
+        let (drafts, dones): (Vec<Draft>, Vec<Completion>) = batch.drain(..).unzip();
+        let started = Instant::now();
+        let written = self.write(&drafts).await;
         self.metrics
             .store_commit_latency
             .record(started.elapsed().as_secs_f64());
-        match written {
-            Ok(rows) => {
-                self.metrics.store_batch_size.record(rows.len() as f64);
-                self.metrics.messages_stored.increment(rows.len() as u64);
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                self.counters
-                    .messages
-                    .fetch_add(rows.len() as u64, Ordering::Relaxed);
-                for (done, row) in dones.into_iter().zip(rows) {
-                    let frame = format!("{{\"type\":\"new_message\",\"data\":{}}}", row.data);
-                    self.broker.publish(Envelope {
-                        room: row.room,
-                        frame: frame.into(),
-                        offset: Some(row.offset),
-                        exclude: None,
-                    });
-                    done(Ok(Committed {
-                        id: row.id,
-                        offset: row.offset,
-                    }));
-                }
-            }
+        let results: Vec<Result<Committed, StoreError>> = match written {
+            Ok(committed) => committed.into_iter().map(Ok).collect(),
+            Err(e) if drafts.len() == 1 => vec![Err(e)],
             Err(e) => {
-                tracing::error!(error = %e, messages = dones.len(), "store commit failed");
-                // Offsets handed out in the failed transaction are reused.
-                self.last_offsets.clear();
-                for done in dones {
-                    done(Err(e.clone()));
+                tracing::warn!(error = %e, messages = drafts.len(), "batch failed; committing its messages one by one");
+                let mut results = Vec::with_capacity(drafts.len());
+                for d in &drafts {
+                    results.push(
+                        self.write(std::slice::from_ref(d))
+                            .await
+                            .map(|mut c| c.remove(0)),
+                    );
                 }
+                results
+            }
+        };
+        let stored = results
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|c| !c.duplicate))
+            .count();
+        if stored > 0 {
+            self.metrics.store_batch_size.record(stored as f64);
+            self.metrics.messages_stored.increment(stored as u64);
+            self.counters
+                .messages
+                .fetch_add(stored as u64, Ordering::Relaxed);
+        }
+        for r in &results {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "message not stored");
             }
         }
+        results
+            .into_iter()
+            .zip(dones)
+            .map(|(result, done)| Commit { result, done })
+            .collect()
     }
 
-    async fn write(&mut self, batch: Vec<Draft>) -> Result<Vec<Row_>, StoreError> {
-        let mut tx = self.conn.begin().await?;
-        let mut rows = Vec::with_capacity(batch.len());
+    /// Writes `drafts` in one transaction: the new ones get the next offsets of their
+    /// rooms, repeats of a recent idempotency key get the original's outcome.
+    async fn write(&mut self, drafts: &[Draft]) -> Result<Vec<Committed>, StoreError> {
+        let mut tx = self.conn.begin().await.map_err(unavailable)?;
+        let now = now_millis();
+        let mut out = Vec::with_capacity(drafts.len());
+        let mut rows = Vec::with_capacity(drafts.len());
+        let mut keys: Vec<(&DedupeKey, usize)> = Vec::new();
         let mut next: HashMap<Arc<str>, u64> = HashMap::new();
-        for d in batch {
+        for d in drafts {
+            if let Some(key) = &d.dedupe {
+                if let Some(&(_, i)) = keys.iter().find(|(k, _)| *k == key) {
+                    let original: &Committed = &out[i];
+                    out.push(duplicate_of(original));
+                    continue;
+                }
+                let earlier =
+                    sqlx::query("SELECT room, id, seq, ts FROM dedupe WHERE scope = ? AND key = ?")
+                        .bind(&key.scope)
+                        .bind(&key.key)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(classify)?;
+                if let Some(row) = earlier {
+                    let ts = row.get::<i64, _>(3) as u64;
+                    if ts.saturating_add(self.dedupe_window_ms) >= now {
+                        out.push(Committed {
+                            id: row.get(1),
+                            room: row.get::<String, _>(0).into(),
+                            position: Position::new(
+                                row.get::<i64, _>(2) as u64,
+                                self.epoch.clone(),
+                            ),
+                            payload: Default::default(),
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                }
+                keys.push((key, out.len()));
+            }
             let last = match next.get(&d.room).or(self.last_offsets.get(&d.room)) {
                 Some(o) => *o,
                 None => {
@@ -314,51 +511,109 @@ impl Writer {
                     )
                     .bind(&*d.room)
                     .fetch_one(&mut *tx)
-                    .await?;
+                    .await
+                    .map_err(classify)?;
                     max as u64
                 }
             };
             let offset = last + 1;
             next.insert(d.room.clone(), offset);
             let msg = NewMessage {
-                id: d.id,
+                id: d.id.clone(),
                 room_id: d.room.to_string(),
-                sender: d.sender,
-                content: d.content,
-                kind: d.kind,
-                metadata: d.metadata,
+                sender: d.sender.clone(),
+                content: d.content.clone(),
+                kind: d.kind.clone(),
+                metadata: d.metadata.clone(),
                 timestamp: d.timestamp,
                 offset,
             };
             let data = serde_json::to_string(&msg)
-                .map_err(|e| StoreError::Database(format!("encode: {e}")))?;
+                .map_err(|e| StoreError::Rejected(format!("encode: {e}")))?;
+            out.push(Committed {
+                id: d.id.clone(),
+                room: d.room.clone(),
+                position: Position::new(offset, self.epoch.clone()),
+                payload: data.clone().into(),
+                duplicate: false,
+            });
             rows.push(Row_ {
-                room: d.room,
+                room: d.room.clone(),
                 offset,
-                id: msg.id,
-                ts: msg.timestamp,
+                id: d.id.clone(),
+                ts: d.timestamp,
                 data,
             });
         }
         for chunk in rows.chunks(ROWS_PER_INSERT) {
             let mut q: QueryBuilder<Sqlite> =
-                QueryBuilder::new("INSERT INTO messages (room, seq, id, ts, data) ");
+                QueryBuilder::new("INSERT INTO messages (room, seq, size, id, ts, data) ");
             q.push_values(chunk, |mut b, r| {
                 b.push_bind(&*r.room)
-                    .push_bind(r.offset as i64)
+                    .push_bind(bind_offset(r.offset))
+                    .push_bind(r.data.len() as i64)
                     .push_bind(&r.id)
                     .push_bind(r.ts as i64)
                     .push_bind(&r.data);
             });
-            q.build().execute(&mut *tx).await?;
+            q.build().execute(&mut *tx).await.map_err(classify)?;
         }
-        tx.commit().await?;
+        for (key, i) in &keys {
+            let c = &out[*i];
+            sqlx::query(
+                "INSERT OR REPLACE INTO dedupe (scope, key, room, id, seq, ts) \
+                 VALUES (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&key.scope)
+            .bind(&key.key)
+            .bind(&*c.room)
+            .bind(&c.id)
+            .bind(bind_offset(c.position.offset))
+            .bind(now as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        self.counters.commits.fetch_add(1, Ordering::Relaxed);
         // A cache, not a registry: past this many rooms it starts over (offsets are
         // read back from disk), so memory does not grow with every room ever written.
         if self.last_offsets.len() + next.len() > MAX_CACHED_ROOMS {
             self.last_offsets.clear();
         }
+        {
+            let mut heads = self.heads.lock();
+            if heads.len() + next.len() > MAX_CACHED_ROOMS {
+                heads.clear();
+            }
+            for (room, offset) in &next {
+                heads.insert(room.clone(), *offset);
+            }
+        }
         self.last_offsets.extend(next);
-        Ok(rows)
+        Ok(out)
+    }
+
+    /// Deletes idempotency keys older than the window.
+    async fn prune(&mut self) {
+        self.pruned = Instant::now();
+        let cutoff = now_millis().saturating_sub(self.dedupe_window_ms);
+        if let Err(e) = sqlx::query("DELETE FROM dedupe WHERE ts < ?")
+            .bind(cutoff as i64)
+            .execute(&mut self.conn)
+            .await
+        {
+            tracing::warn!(error = %e, "pruning idempotency keys failed");
+        }
+    }
+}
+
+fn duplicate_of(original: &Committed) -> Committed {
+    Committed {
+        id: original.id.clone(),
+        room: original.room.clone(),
+        position: original.position.clone(),
+        payload: Default::default(),
+        duplicate: true,
     }
 }

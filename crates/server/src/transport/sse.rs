@@ -1,13 +1,16 @@
 //! Server-Sent Events: `GET /events?channels=a,b`.
 //!
 //! An SSE stream is a hub session of wire `Sse`: a listener in the rooms it names, with
-//! a bounded outbox like any other. Frames are queued in the native encoding (shared
-//! with every WebSocket member) and turned into SSE events as the stream is read.
+//! a bounded outbox like any other and the same per-user connection limit. Events
+//! arrive in the SSE encoding, made once per event for every stream; each stream adds
+//! its own `id:` line.
 //!
-//! Event ids carry a position per channel: `general=42,news=7`. The first event,
-//! `connected`, carries the position the stream starts from, and every durable event
-//! the position after it; a browser that reconnects sends the last one back as
-//! `Last-Event-ID` and gets what it missed on every channel, once, in order.
+//! Event ids carry a position per channel, with its epoch: `general=42@e1,news=7@e1`.
+//! The first event, `connected`, carries the position the stream starts from, and
+//! every durable event the position after it; a browser that reconnects sends the last
+//! one back as `Last-Event-ID` and gets what it missed on every channel, once, in
+//! order (within `store.recovery_max_bytes` for the whole stream). A position from
+//! another epoch is not trusted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,13 +22,14 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{Pong, is_valid_room_id, now_millis, split_frame};
+use switchboard_protocol::{CloseCode, ErrorKind, Pong, is_valid_room_id, now_millis};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::app::App;
 use crate::auth::bearer;
-use crate::http::error::{ApiError, ErrorBody};
-use crate::hub::{Hub, Outgoing, Session, Wire};
+use crate::encode::sse;
+use crate::error::{ApiError, ErrorBody};
+use crate::hub::{ConnectError, Outgoing, Registration};
 
 #[derive(Deserialize, IntoParams)]
 pub struct EventsParams {
@@ -47,6 +51,9 @@ pub struct SseConnected {
     recovered: Option<BTreeMap<String, bool>>,
 }
 
+/// A channel's position: its last offset and the epoch of its history.
+type Position = (u64, Option<Arc<str>>);
+
 /// A stream of room events as Server-Sent Events.
 #[utoipa::path(
     get,
@@ -56,9 +63,10 @@ pub struct SseConnected {
     security((), ("bearer" = [])),
     responses(
         (status = 200, description = "an endless `text/event-stream`: `connected`, then room events named by their type, `ping` every 30 s", content_type = "text/event-stream", body = String),
-        (status = 400, description = "no or invalid channel", body = ErrorBody),
+        (status = 400, description = "no, too many or invalid channels", body = ErrorBody),
         (status = 401, description = "missing or bad token", body = ErrorBody),
         (status = 403, description = "a channel the user may not read", body = ErrorBody),
+        (status = 429, description = "the user already holds as many connections as allowed", body = ErrorBody),
     )
 )]
 pub async fn events(
@@ -73,27 +81,20 @@ pub async fn events(
         hub.metrics().auth_failures.increment(1);
         ApiError::unauthorized("Authentication failed")
     })?;
-    let channels: Vec<String> = params
-        .channels
-        .as_deref()
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .filter(|c| !c.is_empty())
-        .map(str::to_string)
-        .collect();
-    let mut seen = std::collections::HashSet::new();
-    let channels: Vec<String> = channels
-        .into_iter()
-        .filter(|c| seen.insert(c.clone()))
-        .collect();
+    let mut channels: Vec<String> = Vec::new();
+    for c in params.channels.as_deref().unwrap_or_default().split(',') {
+        let c = c.trim();
+        if !c.is_empty() && !channels.iter().any(|seen| seen == c) {
+            channels.push(c.to_string());
+        }
+    }
     if channels.is_empty() {
         return Err(ApiError::bad_request("channels is required: ?channels=a,b"));
     }
-    if channels.len() > app.config.ws.max_rooms_per_connection {
+    let max = app.config.sse.max_channels;
+    if channels.len() > max {
         return Err(ApiError::bad_request(format!(
-            "at most {} channels per stream",
-            app.config.ws.max_rooms_per_connection
+            "at most {max} channels per stream"
         )));
     }
     for c in &channels {
@@ -109,35 +110,52 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .map(parse_position);
 
-    let session = hub.connect(identity, Wire::Sse);
-    let guard = Guard {
-        hub: hub.clone(),
-        session: session.clone(),
-    };
+    let registration = hub
+        .connect(identity, crate::hub::Wire::Sse)
+        .await
+        .map_err(|e| match e {
+            ConnectError::TooManyConnections => {
+                ApiError::too_many_requests("too_many_connections", "Too many connections")
+            }
+            e => {
+                tracing::error!(error = %e, "SSE connection refused");
+                ApiError::unavailable("unavailable", "Service unavailable")
+            }
+        })?;
+    let session = registration.session().clone();
     let mut position = BTreeMap::new();
     let mut recovered = resume.as_ref().map(|_| BTreeMap::new());
+    // One replay budget for the whole stream: its outbox is not drained until the
+    // response starts, so every channel's replay must fit in it together.
+    let mut budget = hub.settings().recovery_max_bytes;
     for channel in &channels {
-        // Start where the client left off, or at the room's head now: either way the
-        // hub replays from there, so nothing falls between the read and the join.
-        let since = match resume.as_ref().and_then(|r| r.get(channel)) {
-            Some(offset) => *offset,
-            None => head(hub, channel).await?,
+        let at = resume.as_ref().and_then(|r| r.get(channel)).cloned();
+        let (since, epoch) = match at {
+            Some((offset, epoch)) => (Some(offset), epoch.map(|e| e.to_string())),
+            None => (None, None),
         };
-        let complete = hub
-            .subscribe(&session, channel.clone(), Some(since))
+        let joined = hub
+            .subscribe(&session, channel.clone(), since, epoch, budget)
             .await
-            .map_err(|e| ApiError::bad_request(e.to_string()))?
-            .unwrap_or(true);
+            .map_err(|e| match e {
+                ErrorKind::Forbidden => {
+                    ApiError::forbidden(format!("Forbidden: channel {channel}"))
+                }
+                ErrorKind::Internal => ApiError::internal(),
+                e => ApiError::bad_request(e.to_string()),
+            })?;
+        budget = budget.saturating_sub(joined.replayed_bytes);
+        let complete = joined.recovered.unwrap_or(true);
         if let Some(r) = recovered.as_mut() {
             r.insert(channel.clone(), complete);
         }
-        // Not recovered: the old position means nothing here; start from the head.
-        let start = if complete {
-            since
-        } else {
-            head(hub, channel).await?
+        // Replayed: the events that follow move the position on from `since`. Not
+        // recovered, or new: the stream starts at the room's head.
+        let start = match (since, joined.recovered) {
+            (Some(since), Some(true)) => since,
+            _ => joined.position.offset,
         };
-        position.insert(channel.clone(), start);
+        position.insert(channel.clone(), (start, Some(joined.position.epoch)));
     }
 
     let hello = SseConnected {
@@ -147,15 +165,15 @@ pub async fn events(
         recovered,
     };
     let mut first = Vec::new();
-    write_event(
+    let json = serde_json::to_string(&hello).map_err(|_| ApiError::internal())?;
+    sse::event(
         &mut first,
-        "connected",
+        &sse::wrap("connected", &json),
         Some(&encode_position(&position)),
-        &serde_json::to_string(&hello).map_err(|_| ApiError::internal())?,
     );
     let ping_every = Duration::from_secs(app.config.sse.ping_secs);
     let state = Stream {
-        guard,
+        registration,
         position,
         batch: Vec::new(),
         first: Some(Bytes::from(first)),
@@ -180,68 +198,51 @@ pub async fn events(
     Ok(response)
 }
 
-/// The room's last offset now (0 for an empty room).
-async fn head(hub: &Hub, room: &str) -> Result<u64, ApiError> {
-    hub.head(room).await.map_err(|e| {
-        tracing::error!(error = %e, "reading a room head failed");
-        ApiError::internal()
-    })
-}
-
-/// `general=42,news=7`: room ids never contain `=` or `,`.
-pub fn encode_position(position: &BTreeMap<String, u64>) -> String {
+/// `general=42@e1,news=7@e1`: room ids never contain `=` or `,`, offsets are digits.
+pub fn encode_position(position: &BTreeMap<String, Position>) -> String {
     let mut out = String::new();
-    for (i, (room, offset)) in position.iter().enumerate() {
+    for (i, (room, (offset, epoch))) in position.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push_str(room);
         out.push('=');
         out.push_str(&offset.to_string());
+        if let Some(epoch) = epoch {
+            out.push('@');
+            out.push_str(epoch);
+        }
     }
     out
 }
 
-/// Parses an event id; parts that are not `room=offset` are ignored (a stale or
-/// hand-made id resumes what it can).
-pub fn parse_position(id: &str) -> BTreeMap<String, u64> {
+/// Parses an event id; parts that are not `room=offset[@epoch]` are ignored (a stale
+/// or hand-made id resumes what it can). An offset past `u64` is kept as the largest
+/// one, which no room reaches.
+pub fn parse_position(id: &str) -> BTreeMap<String, Position> {
     id.split(',')
         .filter_map(|part| {
-            let (room, offset) = part.split_once('=')?;
-            let offset = offset.trim().parse().ok()?;
-            is_valid_room_id(room.trim()).then(|| (room.trim().to_string(), offset))
+            let (room, rest) = part.split_once('=')?;
+            let (offset, epoch) = match rest.split_once('@') {
+                Some((o, e)) if !e.trim().is_empty() => (o, Some(e.trim().into())),
+                Some((o, _)) => (o, None),
+                None => (rest, None),
+            };
+            let offset = offset.trim();
+            if offset.is_empty() || !offset.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let offset = offset.parse().unwrap_or(u64::MAX);
+            let room = room.trim();
+            is_valid_room_id(room).then(|| (room.to_string(), (offset, epoch)))
         })
         .collect()
 }
 
-fn write_event(out: &mut Vec<u8>, kind: &str, id: Option<&str>, data: &str) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(kind.as_bytes());
-    if let Some(id) = id {
-        out.extend_from_slice(b"\nid: ");
-        out.extend_from_slice(id.as_bytes());
-    }
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.as_bytes());
-    out.extend_from_slice(b"\n\n");
-}
-
-/// Removes the session from the hub when the response body is dropped: the client
-/// went away, or the stream ended.
-struct Guard {
-    hub: Hub,
-    session: Arc<Session>,
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.hub.disconnect(&self.session);
-    }
-}
-
 struct Stream {
-    guard: Guard,
-    position: BTreeMap<String, u64>,
+    /// Dropping the stream (the client went away, or it ended) unregisters the session.
+    registration: Registration,
+    position: BTreeMap<String, Position>,
     batch: Vec<Outgoing>,
     first: Option<Bytes>,
     ping: tokio::time::Interval,
@@ -258,15 +259,15 @@ impl Stream {
         if self.done {
             return None;
         }
-        let session = self.guard.session.clone();
+        let session = self.registration.session().clone();
         loop {
             tokio::select! {
                 _ = session.ready() => {
                     let closing = session.take(&mut self.batch);
                     if closing.is_some() {
                         self.done = true;
-                        if closing == Some(switchboard_protocol::CloseCode::SlowConsumer) {
-                            self.guard.hub.metrics().slow_consumers.increment(1);
+                        if closing == Some(CloseCode::SlowConsumer) {
+                            self.registration.hub().metrics().slow_consumers.increment(1);
                         }
                     }
                     if !self.batch.is_empty() {
@@ -279,7 +280,7 @@ impl Stream {
                 _ = self.ping.tick() => {
                     let mut out = Vec::new();
                     let ping = serde_json::to_string(&Pong { timestamp: now_millis() }).ok()?;
-                    write_event(&mut out, "ping", None, &ping);
+                    sse::event(&mut out, &sse::wrap("ping", &ping), None);
                     return Some(Bytes::from(out));
                 }
             }
@@ -288,25 +289,24 @@ impl Stream {
 
     fn encode_batch(&mut self) -> Bytes {
         let mut out = Vec::with_capacity(self.batch.iter().map(|_| 256).sum());
-        let metrics = self.guard.hub.metrics().clone();
-        metrics.frames_sent.increment(self.batch.len() as u64);
+        self.registration
+            .hub()
+            .metrics()
+            .frames_sent
+            .increment(self.batch.len() as u64);
         for frame in self.batch.drain(..) {
             match frame {
-                Outgoing::Text(t) => {
-                    if let Some((kind, data)) = split_frame(&t) {
-                        write_event(&mut out, kind, None, data);
-                    }
-                }
-                Outgoing::Durable {
+                Outgoing::Frame(f) => sse::event(&mut out, &f, None),
+                Outgoing::Positioned {
                     frame,
                     room,
                     offset,
+                    epoch,
                 } => {
-                    if let Some((kind, data)) = split_frame(&frame) {
-                        self.position.insert(room.to_string(), offset);
-                        let id = encode_position(&self.position);
-                        write_event(&mut out, kind, Some(&id), data);
-                    }
+                    self.position
+                        .insert(room.to_string(), (offset, Some(epoch)));
+                    let id = encode_position(&self.position);
+                    sse::event(&mut out, &frame, Some(&id));
                 }
                 // WebSocket pings; an SSE stream has its own.
                 Outgoing::Ping => {}
@@ -322,13 +322,17 @@ mod tests {
 
     #[test]
     fn positions_round_trip() {
-        let mut p = BTreeMap::new();
-        p.insert("general".to_string(), 42);
-        p.insert("team:a@b".to_string(), 7);
+        let mut p: BTreeMap<String, Position> = BTreeMap::new();
+        p.insert("general".to_string(), (42, Some("e1".into())));
+        p.insert("team:a@b".to_string(), (7, Some("e1".into())));
         let id = encode_position(&p);
-        assert_eq!(id, "general=42,team:a@b=7");
+        assert_eq!(id, "general=42@e1,team:a@b=7@e1");
         assert_eq!(parse_position(&id), p);
         assert_eq!(parse_position("garbage,x=1,bad room=2,y=z").len(), 1);
         assert!(parse_position("").is_empty());
+        // The first release's ids had no epoch; past u64 is beyond every room.
+        let old = parse_position("general=42,news=99999999999999999999999");
+        assert_eq!(old["general"], (42, None));
+        assert_eq!(old["news"], (u64::MAX, None));
     }
 }

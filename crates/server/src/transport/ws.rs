@@ -1,22 +1,28 @@
 //! The native WebSocket transport: `GET /ws`.
 //!
-//! One task per connection. It waits on two things: a frame from the client, which it
-//! hands to the hub, and the session's outbox, which it drains in one batch and
-//! flushes once. The upgrade is done here (not by axum's extractor) so the socket's
-//! buffers can be sized for hundreds of thousands of idle connections and so outbox
-//! text goes to the socket without a copy or a second UTF-8 check.
+//! One task per connection, running two halves side by side: the reader decodes
+//! frames and hands them to the hub one request after another; the writer drains the
+//! session's outbox in batches, flushing once per batch. The writer never waits on the
+//! reader: a slow request (history, recovery, a custom handler) does not stop delivery.
+//! The upgrade is done here (not by axum's extractor) so the socket's buffers can be
+//! sized for hundreds of thousands of idle connections and so outbox text goes to the
+//! socket without a copy or a second UTF-8 check.
+//!
+//! The session's [`Registration`] lives in the task: however the task ends (the client
+//! leaves, the server closes it, the task is cancelled or panics), dropping it removes
+//! the connection from the hub.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
-use switchboard_protocol::{CloseCode, Connected, ErrorKind, encode, encode_error, now_millis};
+use switchboard_protocol::{CloseCode, Connected, ErrorKind, Frame, now_millis};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
@@ -24,7 +30,9 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 
 use crate::app::App;
 use crate::auth::bearer;
-use crate::hub::{Hub, Outgoing, Session, Wire};
+use crate::encode;
+use crate::error::ApiError;
+use crate::hub::{ConnectError, Hub, Outgoing, Registration, Session, Wire};
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -44,7 +52,7 @@ pub struct ConnectParams {
 #[utoipa::path(get, path = "/ws", tag = "events", params(ConnectParams),
     responses(
         (status = 101, description = "WebSocket upgrade; the native protocol (docs/protocol.md) follows"),
-        (status = 400, description = "not a WebSocket upgrade request", body = crate::http::error::ErrorBody),
+        (status = 400, description = "not a WebSocket upgrade request", body = crate::error::ErrorBody),
     ))]
 pub async fn upgrade(
     State(app): State<App>,
@@ -53,7 +61,7 @@ pub async fn upgrade(
     mut req: Request<Body>,
 ) -> Response {
     let Some(key) = handshake_key(&headers) else {
-        return crate::http::error::ApiError::bad_request(
+        return ApiError::bad_request(
             "expected a WebSocket upgrade (GET with Upgrade: websocket, Sec-WebSocket-Version: 13)",
         )
         .into_response();
@@ -67,8 +75,8 @@ pub async fn upgrade(
     // idle connection, so the one-off steps (upgrade, closing) are boxed and freed.
     let task = async move {
         let opened = Box::pin(open(&hub, on_upgrade, ws_config, token, room)).await;
-        if let Some((socket, session)) = opened {
-            serve(hub, socket, session).await;
+        if let Some((socket, registration)) = opened {
+            serve(hub, *socket, registration).await;
         }
     };
     app.tracker.spawn(task);
@@ -92,7 +100,7 @@ async fn open(
     config: WebSocketConfig,
     token: Option<String>,
     room: Option<String>,
-) -> Option<(Box<Socket>, Arc<Session>)> {
+) -> Option<(Box<Socket>, Registration)> {
     let upgraded = match on_upgrade.await {
         Ok(upgraded) => upgraded,
         Err(e) => {
@@ -116,27 +124,32 @@ async fn open(
             return None;
         }
     };
-    if !hub.may_connect(&identity.user.id) {
-        tracing::info!(user = %identity.user.id, "connection refused: too many connections for this user");
-        close(&mut socket, CloseCode::TooManyConnections).await;
-        return None;
-    }
-    let session = hub.connect(identity, Wire::WebSocket);
+    let user = identity.user.id.clone();
+    let registration = match hub.connect(identity, Wire::WebSocket).await {
+        Ok(registration) => registration,
+        Err(ConnectError::TooManyConnections) => {
+            tracing::info!(user = %user, "connection refused: too many connections for this user");
+            close(&mut socket, CloseCode::TooManyConnections).await;
+            return None;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "connection refused");
+            close(&mut socket, CloseCode::Internal).await;
+            return None;
+        }
+    };
+    let session = registration.session();
     tracing::debug!(client = %session.client_id, user = %session.user().id, "connected");
-    // A drain that began while this one registered did not see it.
-    if hub.is_draining() {
-        session.close(CloseCode::GoingAway);
-    }
     let hello = Connected {
         client_id: session.client_id.to_string(),
         user: session.user().clone(),
         timestamp: now_millis(),
     };
-    session.push_text(encode("connected", &hello, None));
+    session.reply("connected", &hello, None);
     if let Some(room) = room {
-        hub.join_on_connect(&session, room).await;
+        hub.join_at_connect(session, room).await;
     }
-    Some((socket, session))
+    Some((socket, registration))
 }
 
 fn socket_config(app: &App) -> WebSocketConfig {
@@ -171,80 +184,124 @@ fn handshake_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Runs an open connection to its end.
-async fn serve(hub: Hub, mut socket: Box<Socket>, session: Arc<Session>) {
-    let code = drive(&hub, &session, &mut socket).await;
-    hub.disconnect(&session);
+async fn serve(hub: Hub, socket: Socket, registration: Registration) {
+    let session = registration.session().clone();
+    let (mut sink, mut stream) = socket.split();
+    let code = tokio::select! {
+        code = write(&hub, &session, &mut sink) => code,
+        code = read(&hub, &session, &mut stream) => code,
+    };
+    drop(registration);
     if code == Some(CloseCode::SlowConsumer) {
         hub.metrics().slow_consumers.increment(1);
     }
-    if let Some(code) = code {
+    if let Some(code) = code
+        && let Ok(mut socket) = sink.reunite(stream)
+    {
         Box::pin(close(&mut socket, code)).await;
     }
     tracing::debug!(client = %session.client_id, ?code, "disconnected");
 }
 
-/// Runs the connection until it ends; returns the close to send, if one should be.
-async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option<CloseCode> {
+/// The writer: drains the outbox until the session is closed (returns its close code)
+/// or the socket fails (None).
+async fn write(
+    hub: &Hub,
+    session: &Session,
+    sink: &mut SplitSink<Socket, Message>,
+) -> Option<CloseCode> {
     let mut batch = Vec::new();
     loop {
-        tokio::select! {
-            biased;
-            _ = session.ready() => {
-                let closing = session.take(&mut batch);
-                let frames = batch.len();
-                if frames > 0 {
-                    hub.metrics().frames_sent.increment(frames as u64);
-                    // A client that stopped reading fails this write after the
-                    // listener's write timeout.
-                    if write_batch(socket, &mut batch).await.is_err() {
-                        return None;
-                    }
-                }
-                // The writer's vector and the outbox's trade places on every batch.
-                // A busy connection keeps a modest one, so a steady stream allocates
-                // nothing; a quiet one gives it up, so an idle connection holds none.
-                if frames <= 1 || batch.capacity() > 256 {
-                    batch = Vec::new();
-                }
-                if closing.is_some() {
-                    return closing;
-                }
+        session.ready().await;
+        let closing = session.take(&mut batch);
+        let frames = batch.len();
+        if frames > 0 {
+            hub.metrics().frames_sent.increment(frames as u64);
+            // A client that stopped reading fails this write after the listener's
+            // write timeout.
+            if write_batch(sink, &mut batch).await.is_err() {
+                return None;
             }
-            incoming = socket.next() => {
-                session.touch(hub.clock_secs());
-                match incoming {
-                    None => return None,
-                    Some(Ok(Message::Text(text))) => {
-                        if let Some(waiting) = hub.dispatch_text(session, &text) {
-                            waiting.await;
-                        }
-                    }
-                    Some(Ok(Message::Binary(_))) => {
-                        session.push_text(encode_error(&ErrorKind::InvalidFormat, None));
-                    }
-                    // Pings are answered by tungstenite; pongs and closes only prove life.
-                    Some(Ok(_)) => {}
-                    Some(Err(WsError::Capacity(_))) => return Some(CloseCode::TooBig),
-                    Some(Err(WsError::Utf8(_))) => return Some(CloseCode::InvalidUtf8),
-                    Some(Err(e)) => {
-                        tracing::debug!(client = %session.client_id, error = %e, "read failed");
-                        return None;
-                    }
-                }
-            }
+        }
+        // The writer's vector and the outbox's trade places on every batch. A busy
+        // connection keeps a modest one, so a steady stream allocates nothing; a quiet
+        // one gives it up, so an idle connection holds none.
+        if frames <= 1 || batch.capacity() > 256 {
+            batch = Vec::new();
+        }
+        if closing.is_some() {
+            return closing;
         }
     }
 }
 
-async fn write_batch(socket: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), WsError> {
+/// The reader: hands each frame to the hub, one request after another, until the
+/// client leaves (None) or breaks a limit (the close to send).
+async fn read(
+    hub: &Hub,
+    session: &std::sync::Arc<Session>,
+    stream: &mut SplitStream<Socket>,
+) -> Option<CloseCode> {
+    while let Some(incoming) = stream.next().await {
+        session.touch(hub.clock_secs());
+        match incoming {
+            Ok(Message::Text(text)) => {
+                if !hub.admit(session) {
+                    continue;
+                }
+                let frame = match Frame::parse(&text) {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        session.error(&e, None);
+                        continue;
+                    }
+                };
+                let request = match frame.request {
+                    Ok(request) => request,
+                    Err(e) => {
+                        session.error(&e, frame.reference.as_ref());
+                        continue;
+                    }
+                };
+                if let Some(waiting) = hub.dispatch(session, request, frame.reference) {
+                    waiting.await;
+                    session.touch(hub.clock_secs());
+                }
+            }
+            Ok(Message::Binary(_)) => {
+                session.error(&ErrorKind::InvalidFormat, None);
+            }
+            // Pings are answered by tungstenite; pongs and closes only prove life.
+            Ok(_) => {}
+            Err(WsError::Capacity(_)) => return Some(CloseCode::TooBig),
+            Err(WsError::Utf8(_)) => return Some(CloseCode::InvalidUtf8),
+            Err(e) => {
+                tracing::debug!(client = %session.client_id, error = %e, "read failed");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+async fn write_batch(
+    sink: &mut SplitSink<Socket, Message>,
+    batch: &mut Vec<Outgoing>,
+) -> Result<(), WsError> {
     for frame in batch.drain(..) {
         let msg = match frame {
-            Outgoing::Text(t) | Outgoing::Durable { frame: t, .. } => Message::Text(t),
+            Outgoing::Frame(f) | Outgoing::Positioned { frame: f, .. } => Message::Text(text(f)),
             Outgoing::Ping => Message::Ping(Default::default()),
         };
-        socket.feed(msg).await?;
+        sink.feed(msg).await?;
     }
-    socket.flush().await
+    sink.flush().await
+}
+
+/// The frame's bytes as a WebSocket text payload, without a copy or a UTF-8 check.
+fn text(frame: encode::Frame) -> Utf8Bytes {
+    // SAFETY: a Frame is always valid UTF-8 (see `encode::Frame`).
+    unsafe { Utf8Bytes::from_bytes_unchecked(frame.into_bytes()) }
 }
 
 /// Sends a close frame, then reads until the client's close (or the timeout), so

@@ -1,4 +1,5 @@
-//! The HTTP API's one error type: `{"error": {"code", "message"}}` with its status.
+//! The one error type of every HTTP answer (API, SSE refusals): `{"error": {"code",
+//! "message"}}` with its status. A leaf: transports and the API both use it.
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -51,6 +52,14 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn too_many_requests(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
     }
 
     pub fn internal() -> ApiError {

@@ -1,71 +1,28 @@
-//! The HTTP API: the server API behind the API key, and the user API behind a user's
-//! JWT. Every route is annotated for the OpenAPI document, so the document is made
+//! The server API, behind the API key ([`ApiKey`]): what the application's backend
+//! calls. Every route is annotated for the OpenAPI document, so the document is made
 //! from the same code as the router.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use serde_json::value::RawValue;
 use switchboard_protocol::{
-    CloseCode, HISTORY_MAX_LIMIT, HistoryRange, Notification, SystemMessage, UserInfo,
-    is_valid_room_id, now_millis, personal_room,
+    CloseCode, Notification, SystemMessage, UserInfo, is_valid_client_message_id, is_valid_room_id,
+    now_millis, personal_room,
 };
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use super::error::{ApiError, ErrorBody};
+use super::extract::ApiKey;
+use super::{RoomPath, room_param};
 use crate::app::App;
-use crate::auth::{Identity, bearer, turn_credential};
+use crate::error::{ApiError, ErrorBody};
 use crate::hub::{Stats, Wire};
-use crate::store::Draft;
+use crate::store::{DedupeKey, Draft};
 
-/// Checks the server API key (`Authorization: Bearer` or `X-API-Key`).
-fn require_key(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = app.config.api_key.as_deref() else {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "admin_disabled",
-            "the server API is closed: no API key is configured (SWITCHBOARD_API_KEY)",
-        ));
-    };
-    let given = headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| bearer(headers));
-    match given {
-        Some(g) if constant_time_eq(g.as_bytes(), expected.as_bytes()) => Ok(()),
-        _ => {
-            app.hub.metrics().auth_failures.increment(1);
-            Err(ApiError::unauthorized("missing or wrong API key"))
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Verifies the user's JWT (`Authorization: Bearer`).
-fn require_user(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
-    app.hub
-        .authenticate(bearer(headers).as_deref())
-        .map_err(|_| {
-            app.hub.metrics().auth_failures.increment(1);
-            ApiError::unauthorized("Authentication failed")
-        })
-}
-
-/// A room id in a path.
-#[derive(Deserialize, IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct RoomPath {
-    /// Room id: 1-128 characters of `A-Za-z0-9_-.:@`.
-    #[param(pattern = r"^[A-Za-z0-9_.:@-]{1,128}$")]
-    room: String,
-}
+/// The idempotency scope of the server API's publishes.
+const API_SCOPE: &str = "api";
 
 /// Schema of a field that takes any JSON value except null and the empty string.
 fn any_but_null() -> utoipa::openapi::schema::Schema {
@@ -84,11 +41,36 @@ fn any_but_null() -> utoipa::openapi::schema::Schema {
     Schema::OneOf(one_of)
 }
 
-fn room_param(room: &str) -> Result<(), ApiError> {
-    if is_valid_room_id(room) {
-        Ok(())
-    } else {
-        Err(ApiError::bad_request("Invalid room ID"))
+/// The original design's getStats.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsBody {
+    total_clients: usize,
+    total_rooms: usize,
+    clients_by_room: Vec<RoomCount>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomCount {
+    room_id: String,
+    client_count: usize,
+}
+
+impl From<Stats> for StatsBody {
+    fn from(s: Stats) -> StatsBody {
+        StatsBody {
+            total_clients: s.total_clients,
+            total_rooms: s.total_rooms,
+            clients_by_room: s
+                .clients_by_room
+                .into_iter()
+                .map(|(room_id, client_count)| RoomCount {
+                    room_id,
+                    client_count,
+                })
+                .collect(),
+        }
     }
 }
 
@@ -98,45 +80,37 @@ fn room_param(room: &str) -> Result<(), ApiError> {
 pub struct AdminStats {
     node_id: String,
     #[serde(flatten)]
-    stats: Stats,
+    stats: StatsBody,
     transports: Transports,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Transports {
-    websocket: usize,
-    sse: usize,
+    websocket: u64,
+    sse: u64,
 }
 
 #[utoipa::path(get, path = "/admin/stats", tag = "server",
     security(("api_key" = [])),
     responses((status = 200, body = AdminStats), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn admin_stats(
-    State(app): State<App>,
-    headers: HeaderMap,
-) -> Result<Json<AdminStats>, ApiError> {
-    require_key(&app, &headers)?;
+pub async fn admin_stats(_: ApiKey, State(app): State<App>) -> Json<AdminStats> {
     let hub = &app.hub;
-    Ok(Json(AdminStats {
+    Json(AdminStats {
         node_id: hub.settings().node_id.clone(),
-        stats: hub.stats(None),
+        stats: hub.stats(None).into(),
         transports: Transports {
-            websocket: hub.stats(Some(Wire::WebSocket)).total_clients,
-            sse: hub.stats(Some(Wire::Sse)).total_clients,
+            websocket: hub.connections_on(Wire::WebSocket),
+            sse: hub.connections_on(Wire::Sse),
         },
-    }))
+    })
 }
 
 /// `getStats` of the native WebSocket transport alone.
 #[utoipa::path(get, path = "/admin/socket-stats", tag = "server",
     security(("api_key" = [])),
-    responses((status = 200, body = Stats), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn socket_stats(
-    State(app): State<App>,
-    headers: HeaderMap,
-) -> Result<Json<Stats>, ApiError> {
-    require_key(&app, &headers)?;
-    Ok(Json(app.hub.stats(Some(Wire::WebSocket))))
+    responses((status = 200, body = StatsBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn socket_stats(_: ApiKey, State(app): State<App>) -> Json<StatsBody> {
+    Json(app.hub.stats(Some(Wire::WebSocket)).into())
 }
 
 #[derive(Deserialize, ToSchema)]
@@ -160,11 +134,10 @@ pub struct Delivered {
     security(("api_key" = [])), request_body = BroadcastRequest,
     responses((status = 200, body = Delivered), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn admin_broadcast(
+    _: ApiKey,
     State(app): State<App>,
-    headers: HeaderMap,
     body: Result<Json<BroadcastRequest>, JsonRejection>,
 ) -> Result<Json<Delivered>, ApiError> {
-    require_key(&app, &headers)?;
     let Json(req) = body?;
     if req.message.is_empty() {
         return Err(ApiError::bad_request("message is required"));
@@ -211,11 +184,10 @@ fn valid_event_name(name: &str) -> bool {
     security(("api_key" = [])), request_body = EventRequest,
     responses((status = 200, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn events_broadcast(
+    _: ApiKey,
     State(app): State<App>,
-    headers: HeaderMap,
     body: Result<Json<EventRequest>, JsonRejection>,
 ) -> Result<Json<Published>, ApiError> {
-    require_key(&app, &headers)?;
     let Json(req) = body?;
     if !valid_event_name(&req.event) {
         return Err(ApiError::bad_request(
@@ -224,7 +196,8 @@ pub async fn events_broadcast(
     }
     room_param(&req.channel)?;
     app.hub
-        .publish(req.channel.into(), &req.event, &req.data, None);
+        .publish(req.channel.into(), &req.event, &req.data)
+        .await;
     Ok(Json(Published { published: true }))
 }
 
@@ -248,11 +221,10 @@ pub struct NotificationRequest {
     security(("api_key" = [])), request_body = NotificationRequest,
     responses((status = 200, body = Published), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn notify(
+    _: ApiKey,
     State(app): State<App>,
-    headers: HeaderMap,
     body: Result<Json<NotificationRequest>, JsonRejection>,
 ) -> Result<Json<Published>, ApiError> {
-    require_key(&app, &headers)?;
     let Json(req) = body?;
     let room = personal_room(&req.user_id);
     if req.user_id.is_empty() || !is_valid_room_id(&room) {
@@ -271,7 +243,7 @@ pub async fn notify(
         message: req.message,
         timestamp: now_millis(),
     };
-    app.hub.publish(room.into(), "notification", &event, None);
+    app.hub.publish(room.into(), "notification", &event).await;
     Ok(Json(Published { published: true }))
 }
 
@@ -292,6 +264,12 @@ pub struct PublishRequest {
 pub struct PublishResponse {
     id: String,
     offset: u64,
+    /// The epoch of the room's history the offset belongs to.
+    epoch: String,
+    /// The `Idempotency-Key` was used before: nothing new was stored; `id` and `offset`
+    /// are the original's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 /// The sender of messages published through the server API.
@@ -304,19 +282,36 @@ fn server_sender() -> UserInfo {
 }
 
 /// A durable message to a room, as if sent by `{id: "server"}`: members get the usual
-/// `new_message`; answers once it is stored.
+/// `new_message`; answers once it is stored. With an `Idempotency-Key` header, a
+/// repeat within the dedupe window answers the original's id and offset.
 #[utoipa::path(post, path = "/api/rooms/{room}/publish", tag = "server",
     security(("api_key" = [])), request_body = PublishRequest,
-    params(RoomPath),
-    responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 500, body = ErrorBody)))]
+    params(RoomPath, ("Idempotency-Key" = Option<String>, Header, description = "1-64 characters of A-Za-z0-9_-: a retry with the same key is stored once")),
+    responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn publish(
+    _: ApiKey,
     State(app): State<App>,
     Path(RoomPath { room }): Path<RoomPath>,
     headers: HeaderMap,
     body: Result<Json<PublishRequest>, JsonRejection>,
 ) -> Result<Json<PublishResponse>, ApiError> {
-    require_key(&app, &headers)?;
     room_param(&room)?;
+    let dedupe = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| is_valid_client_message_id(k))
+                .ok_or_else(|| {
+                    ApiError::bad_request("Idempotency-Key must be 1-64 characters of A-Za-z0-9_-")
+                })?;
+            Some(DedupeKey {
+                scope: API_SCOPE.into(),
+                key: key.to_string(),
+            })
+        }
+    };
     let Json(req) = body?;
     let empty = matches!(&req.content, Value::Null) || req.content.as_str() == Some("");
     if empty {
@@ -338,14 +333,22 @@ pub async fn publish(
             .unwrap_or_else(|| "text".into()),
         metadata,
         timestamp: now_millis(),
+        dedupe,
     };
     let committed = app.hub.publish_durable(draft).await.map_err(|e| {
         tracing::error!(error = %e, "publish failed");
-        ApiError::internal()
+        match e {
+            crate::store::StoreError::Closed => {
+                ApiError::unavailable("unavailable", "the store is shutting down")
+            }
+            _ => ApiError::internal(),
+        }
     })?;
     Ok(Json(PublishResponse {
         id: committed.id,
-        offset: committed.offset,
+        offset: committed.position.offset,
+        epoch: committed.position.epoch.to_string(),
+        duplicate: committed.duplicate,
     }))
 }
 
@@ -360,125 +363,12 @@ pub struct Disconnected {
     params(("id" = String, Path, description = "user id")),
     responses((status = 200, body = Disconnected), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn disconnect_user(
+    _: ApiKey,
     State(app): State<App>,
     Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Disconnected>, ApiError> {
-    require_key(&app, &headers)?;
+) -> Json<Disconnected> {
     let disconnected = app.hub.disconnect_user(&id, CloseCode::Disconnected);
-    Ok(Json(Disconnected { disconnected }))
-}
-
-#[derive(Deserialize, IntoParams)]
-pub struct MessagesQuery {
-    /// Newest messages with an offset below this (with `since`: the oldest between).
-    before: Option<u64>,
-    /// Oldest messages with an offset above this.
-    since: Option<u64>,
-    /// At most this many (1-100, default 50).
-    limit: Option<u32>,
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct MessagesResponse {
-    room_id: String,
-    /// `new_message` payloads in ascending offset order.
-    #[schema(value_type = Vec<Object>)]
-    messages: Vec<Box<RawValue>>,
-}
-
-/// A room's history, for a user with a connection in the room.
-#[utoipa::path(get, path = "/api/rooms/{room}/messages", tag = "user",
-    security(("bearer" = [])),
-    params(RoomPath, MessagesQuery),
-    responses((status = 200, body = MessagesResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 500, body = ErrorBody)))]
-pub async fn messages(
-    State(app): State<App>,
-    Path(RoomPath { room }): Path<RoomPath>,
-    query: Result<Query<MessagesQuery>, QueryRejection>,
-    headers: HeaderMap,
-) -> Result<Json<MessagesResponse>, ApiError> {
-    let identity = require_user(&app, &headers)?;
-    room_param(&room)?;
-    let Query(q) = query?;
-    let range = HistoryRange::new(q.before, q.since);
-    if !app.hub.verifier().may_join(&identity, &room)
-        || !app.hub.user_in_room(&identity.user.id, &room)
-    {
-        return Err(ApiError::forbidden(
-            "Not in room: connect and join it first",
-        ));
-    }
-    let limit = q.limit.unwrap_or(50).clamp(1, HISTORY_MAX_LIMIT);
-    let stored = app
-        .hub
-        .store()
-        .range(&room, range, limit)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "history read failed");
-            ApiError::internal()
-        })?;
-    let messages = stored
-        .into_iter()
-        .filter_map(|m| RawValue::from_string(m.data).ok())
-        .collect();
-    Ok(Json(MessagesResponse {
-        room_id: room,
-        messages,
-    }))
-}
-
-#[derive(Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IceServers {
-    /// Ready to pass to `new RTCPeerConnection({iceServers})`.
-    ice_servers: Vec<IceServer>,
-    /// Seconds the TURN credentials stay valid.
-    ttl: u64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct IceServer {
-    urls: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    credential: Option<String>,
-}
-
-/// STUN and TURN servers for WebRTC, with time-limited TURN credentials.
-#[utoipa::path(get, path = "/api/ice-servers", tag = "user",
-    security(("bearer" = [])),
-    responses((status = 200, body = IceServers), (status = 401, body = ErrorBody)))]
-pub async fn ice_servers(
-    State(app): State<App>,
-    headers: HeaderMap,
-) -> Result<Json<IceServers>, ApiError> {
-    let identity = require_user(&app, &headers)?;
-    let ice = &app.config.ice;
-    let mut servers = Vec::new();
-    if !ice.stun_urls.is_empty() {
-        servers.push(IceServer {
-            urls: ice.stun_urls.clone(),
-            username: None,
-            credential: None,
-        });
-    }
-    if let (false, Some(secret)) = (ice.turn_urls.is_empty(), ice.turn_secret.as_deref()) {
-        let expiry = now_millis() / 1000 + ice.turn_ttl_secs;
-        let (username, credential) = turn_credential(secret, &identity.user.id, expiry);
-        servers.push(IceServer {
-            urls: ice.turn_urls.clone(),
-            username: Some(username),
-            credential: Some(credential),
-        });
-    }
-    Ok(Json(IceServers {
-        ice_servers: servers,
-        ttl: ice.turn_ttl_secs,
-    }))
+    Json(Disconnected { disconnected })
 }
 
 #[cfg(test)]

@@ -1,0 +1,67 @@
+//! `send_message {roomId, content, type, metadata, clientMessageId}`: stored, then
+//! published to the room; with a `ref`, the sender gets `ack {id, offset}` once it is
+//! durable. A repeated `clientMessageId` is acknowledged with the original's id and
+//! offset and `duplicate: true`, and neither stored nor delivered again.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use switchboard_protocol::{Ack, ErrorKind, Ref, SYSTEM_ROOM, SendMessage, now_millis};
+
+use crate::hub::{Hub, Session};
+use crate::store::{Completion, DedupeKey, Draft};
+
+/// The idempotency scope of a user's sends.
+pub(crate) fn user_scope(user_id: &str) -> String {
+    format!("user:{user_id}")
+}
+
+pub(super) async fn run(
+    hub: &Hub,
+    session: &Arc<Session>,
+    m: SendMessage,
+    r: Option<&Ref>,
+) -> Result<(), ErrorKind> {
+    if m.room_id == SYSTEM_ROOM {
+        return Err(ErrorKind::Forbidden);
+    }
+    if !session.in_room(&m.room_id) {
+        return Err(ErrorKind::NotInRoom);
+    }
+    let dedupe = m.client_message_id.map(|key| DedupeKey {
+        scope: user_scope(&session.user().id),
+        key,
+    });
+    let draft = Draft {
+        id: uuid::Uuid::now_v7().to_string(),
+        room: m.room_id.into(),
+        sender: session.user().clone(),
+        content: m.content,
+        kind: m.kind,
+        metadata: m.metadata,
+        timestamp: now_millis(),
+        dedupe,
+    };
+    let s = session.clone();
+    let r = r.cloned();
+    let received = Instant::now();
+    let latency = hub.metrics().publish_latency.clone();
+    let done = Completion::new(move |result| match result {
+        Ok(c) => {
+            latency.record(received.elapsed().as_secs_f64());
+            if r.is_some() {
+                let ack = Ack {
+                    id: c.id,
+                    offset: Some(c.position.offset),
+                    duplicate: c.duplicate,
+                };
+                s.reply("ack", &ack, r.as_ref());
+            }
+        }
+        Err(e) => {
+            s.error(&super::store_error("storing a message", e), r.as_ref());
+        }
+    });
+    hub.store().append(draft, done).await;
+    Ok(())
+}
