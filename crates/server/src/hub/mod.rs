@@ -319,8 +319,7 @@ impl Hub {
                 .subscribe(&personal)
                 .await
                 .map_err(|_| ConnectError::Broker)?;
-            self.rooms().begin_join(&personal, &session);
-            self.rooms().finish_join(&personal, &session, None);
+            self.rooms().insert(&personal, &session);
         }
         // A drain that began while this one registered may not have seen it.
         if self.is_draining() {

@@ -35,7 +35,8 @@ enum Members {
     #[default]
     Empty,
     One(Arc<Session>),
-    Many(IndexMap<u64, Arc<Session>>),
+    /// Boxed: the map is large and most rooms never need it.
+    Many(Box<IndexMap<u64, Arc<Session>>>),
 }
 
 impl Members {
@@ -64,7 +65,7 @@ impl Members {
                 let Members::One(one) = std::mem::take(self) else {
                     unreachable!()
                 };
-                let mut m = IndexMap::with_capacity(2);
+                let mut m = Box::new(IndexMap::with_capacity(2));
                 m.insert(one.id, one);
                 m.insert(s.id, s);
                 *self = Members::Many(m);
@@ -244,6 +245,10 @@ impl RoomIndex {
             Some(i) => r.pending.swap_remove(i).buffered,
             None => Vec::new(),
         };
+        if r.pending.is_empty() {
+            // Joins are rare next to the room's life: hold no spare capacity.
+            r.pending = Vec::new();
+        }
         if r.members.contains(session.id) {
             return false;
         }
@@ -264,6 +269,15 @@ impl RoomIndex {
         r.formats[session.format.index()] += 1;
         r.members.insert(session.clone());
         true
+    }
+
+    /// Makes `session` a member of a room nobody else can be joining: its personal room.
+    pub fn insert(&self, room: &Arc<str>, session: &Arc<Session>) {
+        let mut shard = self.shard(room).lock();
+        let r = shard.entry(room.clone()).or_default();
+        if r.members.insert(session.clone()) {
+            r.formats[session.format.index()] += 1;
+        }
     }
 
     /// Removes `session` from `room`; returns whether it was a member.

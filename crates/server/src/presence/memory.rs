@@ -41,8 +41,8 @@ impl RoomPresence {
     }
 }
 
-/// A user's connections, inline for the usual one or two.
-type Devices = SmallVec<[Arc<str>; 2]>;
+/// A user's connections, inline for the usual one.
+type Devices = SmallVec<[Arc<str>; 1]>;
 
 pub struct MemoryPresence {
     users: Box<[Mutex<HashMap<String, Devices>>]>,

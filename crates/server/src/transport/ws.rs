@@ -12,13 +12,15 @@
 //! leaves, the server closes it, the task is cancelled or panics), dropping it removes
 //! the connection from the hub.
 
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
@@ -72,11 +74,12 @@ pub async fn upgrade(
     let hub = app.hub.clone();
     let room = params.room;
     // The task lives as long as the connection: everything it holds is held by every
-    // idle connection, so the one-off steps (upgrade, closing) are boxed and freed.
+    // idle connection, so the one-off steps (upgrade, closing) are boxed and freed,
+    // and what only they need is moved into the box rather than kept by the task.
+    let opening = Box::pin(open(hub.clone(), on_upgrade, ws_config, token, room));
     let task = async move {
-        let opened = Box::pin(open(&hub, on_upgrade, ws_config, token, room)).await;
-        if let Some((socket, registration)) = opened {
-            serve(hub, *socket, registration).await;
+        if let Some((socket, registration)) = opening.await {
+            serve(hub, socket, registration).await;
         }
     };
     app.tracker.spawn(task);
@@ -95,7 +98,7 @@ pub async fn upgrade(
 /// is boxed: a future keeps a moved value in more than one slot, and the connection's
 /// task would otherwise keep it several times.
 async fn open(
-    hub: &Hub,
+    hub: Hub,
     on_upgrade: hyper::upgrade::OnUpgrade,
     config: WebSocketConfig,
     token: Option<String>,
@@ -183,119 +186,126 @@ fn handshake_key(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::SEC_WEBSOCKET_KEY)?.to_str().ok()
 }
 
-/// Runs an open connection to its end.
-async fn serve(hub: Hub, socket: Socket, registration: Registration) {
+/// Runs an open connection to its end. The socket comes boxed: an async fn keeps its
+/// arguments for its whole life, and this one lives as long as the connection.
+async fn serve(hub: Hub, mut socket: Box<Socket>, registration: Registration) {
     let session = registration.session().clone();
-    let (mut sink, mut stream) = socket.split();
-    let code = tokio::select! {
-        code = write(&hub, &session, &mut sink) => code,
-        code = read(&hub, &session, &mut stream) => code,
-    };
+    let code = drive(&hub, &session, &mut socket).await;
     drop(registration);
     if code == Some(CloseCode::SlowConsumer) {
         hub.metrics().slow_consumers.increment(1);
     }
-    if let Some(code) = code
-        && let Ok(mut socket) = sink.reunite(stream)
-    {
+    if let Some(code) = code {
         Box::pin(close(&mut socket, code)).await;
     }
     tracing::debug!(client = %session.client_id, ?code, "disconnected");
 }
 
-/// The writer: drains the outbox until the session is closed (returns its close code)
-/// or the socket fails (None).
-async fn write(
-    hub: &Hub,
-    session: &Session,
-    sink: &mut SplitSink<Socket, Message>,
-) -> Option<CloseCode> {
+/// Runs the connection until it ends; returns the close to send, if one should be.
+///
+/// One loop waits on three things: the outbox (write a batch), the client (read a
+/// frame), and the request in progress, if any. Requests of a connection run one after
+/// another (no frame is read while one is in progress), but the outbox is drained all
+/// along: a slow request never holds back delivery. The branches are polled in random
+/// order, so a busy outbox does not starve reading either.
+async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option<CloseCode> {
     let mut batch = Vec::new();
+    let mut pending: Option<BoxFuture<'_, ()>> = None;
     loop {
-        session.ready().await;
-        let closing = session.take(&mut batch);
-        let frames = batch.len();
-        if frames > 0 {
-            hub.metrics().frames_sent.increment(frames as u64);
-            // A client that stopped reading fails this write after the listener's
-            // write timeout.
-            if write_batch(sink, &mut batch).await.is_err() {
-                return None;
+        tokio::select! {
+            _ = session.ready() => {
+                let closing = session.take(&mut batch);
+                let frames = batch.len();
+                if frames > 0 {
+                    hub.metrics().frames_sent.increment(frames as u64);
+                    // A client that stopped reading fails this write after the
+                    // listener's write timeout. Boxed: the write's state exists only
+                    // while it runs, not in every idle connection's task.
+                    if Box::pin(write_batch(socket, &mut batch)).await.is_err() {
+                        return None;
+                    }
+                }
+                // The writer's vector and the outbox's trade places on every batch.
+                // A busy connection keeps a modest one, so a steady stream allocates
+                // nothing; a quiet one gives it up, so an idle connection holds none.
+                if frames <= 1 || batch.capacity() > 256 {
+                    batch = Vec::new();
+                }
+                if closing.is_some() {
+                    return closing;
+                }
             }
-        }
-        // The writer's vector and the outbox's trade places on every batch. A busy
-        // connection keeps a modest one, so a steady stream allocates nothing; a quiet
-        // one gives it up, so an idle connection holds none.
-        if frames <= 1 || batch.capacity() > 256 {
-            batch = Vec::new();
-        }
-        if closing.is_some() {
-            return closing;
+            _ = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
+                pending = None;
+                session.touch(hub.clock_secs());
+            }
+            incoming = socket.next(), if pending.is_none() => {
+                match receive(hub, session, incoming) {
+                    ControlFlow::Break(code) => return code,
+                    ControlFlow::Continue(waiting) => pending = waiting,
+                }
+            }
         }
     }
 }
 
-/// The reader: hands each frame to the hub, one request after another, until the
-/// client leaves (None) or breaks a limit (the close to send).
-async fn read(
-    hub: &Hub,
-    session: &std::sync::Arc<Session>,
-    stream: &mut SplitStream<Socket>,
-) -> Option<CloseCode> {
-    while let Some(incoming) = stream.next().await {
-        session.touch(hub.clock_secs());
-        match incoming {
-            Ok(Message::Text(text)) => {
-                if !hub.admit(session) {
-                    continue;
-                }
-                let frame = match Frame::parse(&text) {
-                    Ok(frame) => frame,
-                    Err(e) => {
-                        session.error(&e, None);
-                        continue;
-                    }
-                };
-                let request = match frame.request {
-                    Ok(request) => request,
-                    Err(e) => {
-                        session.error(&e, frame.reference.as_ref());
-                        continue;
-                    }
-                };
-                if let Some(waiting) = hub.dispatch(session, request, frame.reference) {
-                    waiting.await;
-                    session.touch(hub.clock_secs());
-                }
+/// One frame from the client: handled, handed over as a request to wait for, or the
+/// end of the connection.
+fn receive<'a>(
+    hub: &'a Hub,
+    session: &'a Arc<Session>,
+    incoming: Option<Result<Message, WsError>>,
+) -> ControlFlow<Option<CloseCode>, Option<BoxFuture<'a, ()>>> {
+    let Some(incoming) = incoming else {
+        return ControlFlow::Break(None);
+    };
+    session.touch(hub.clock_secs());
+    match incoming {
+        Ok(Message::Text(text)) => {
+            if !hub.admit(session) {
+                return ControlFlow::Continue(None);
             }
-            Ok(Message::Binary(_)) => {
-                session.error(&ErrorKind::InvalidFormat, None);
-            }
-            // Pings are answered by tungstenite; pongs and closes only prove life.
-            Ok(_) => {}
-            Err(WsError::Capacity(_)) => return Some(CloseCode::TooBig),
-            Err(WsError::Utf8(_)) => return Some(CloseCode::InvalidUtf8),
-            Err(e) => {
-                tracing::debug!(client = %session.client_id, error = %e, "read failed");
-                return None;
+            let frame = match Frame::parse(&text) {
+                Ok(frame) => frame,
+                Err(e) => {
+                    session.error(&e, None);
+                    return ControlFlow::Continue(None);
+                }
+            };
+            match frame.request {
+                Ok(request) => {
+                    ControlFlow::Continue(hub.dispatch(session, request, frame.reference))
+                }
+                Err(e) => {
+                    session.error(&e, frame.reference.as_ref());
+                    ControlFlow::Continue(None)
+                }
             }
         }
+        Ok(Message::Binary(_)) => {
+            session.error(&ErrorKind::InvalidFormat, None);
+            ControlFlow::Continue(None)
+        }
+        // Pings are answered by tungstenite; pongs and closes only prove life.
+        Ok(_) => ControlFlow::Continue(None),
+        Err(WsError::Capacity(_)) => ControlFlow::Break(Some(CloseCode::TooBig)),
+        Err(WsError::Utf8(_)) => ControlFlow::Break(Some(CloseCode::InvalidUtf8)),
+        Err(e) => {
+            tracing::debug!(client = %session.client_id, error = %e, "read failed");
+            ControlFlow::Break(None)
+        }
     }
-    None
 }
 
-async fn write_batch(
-    sink: &mut SplitSink<Socket, Message>,
-    batch: &mut Vec<Outgoing>,
-) -> Result<(), WsError> {
+async fn write_batch(socket: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), WsError> {
     for frame in batch.drain(..) {
         let msg = match frame {
             Outgoing::Frame(f) | Outgoing::Positioned { frame: f, .. } => Message::Text(text(f)),
             Outgoing::Ping => Message::Ping(Default::default()),
         };
-        sink.feed(msg).await?;
+        socket.feed(msg).await?;
     }
-    sink.flush().await
+    socket.flush().await
 }
 
 /// The frame's bytes as a WebSocket text payload, without a copy or a UTF-8 check.
