@@ -61,7 +61,7 @@ use crate::store::{SqliteOptions, SqliteStore, Store};
 /// Commit batches the store may hand over before its writer waits for the hub.
 const COMMIT_LOG: usize = 64;
 /// How often the metrics' histograms are folded (see [`metrics::Metrics::upkeep`]).
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
 /// Why a server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub connections_websocket: Gauge,
     pub connections_sse: Gauge,
     pub rooms: Gauge,
+    pub joins_pending: Gauge,
     pub frames_received: Counter,
     pub frames_sent: Counter,
     pub messages_stored: Counter,
@@ -34,6 +35,10 @@ pub const NAMES: &[(&str, &str)] = &[
     (
         "switchboard_rooms",
         "rooms with at least one member on this node",
+    ),
+    (
+        "switchboard_joins_pending",
+        "joins in progress (each buffers its room's live events until it completes)",
     ),
     (
         "switchboard_frames_received_total",
@@ -109,6 +114,8 @@ impl Metrics {
             connections_websocket: connections("websocket"),
             connections_sse: connections("sse"),
             rooms: recorder.register_gauge(&Key::from_static_name("switchboard_rooms"), &meta()),
+            joins_pending: recorder
+                .register_gauge(&Key::from_static_name("switchboard_joins_pending"), &meta()),
             frames_received: counter("switchboard_frames_received_total"),
             frames_sent: counter("switchboard_frames_sent_total"),
             messages_stored: counter("switchboard_messages_stored_total"),

@@ -4,7 +4,6 @@
 mod common;
 
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use common::*;
 use serde_json::json;
@@ -262,7 +261,6 @@ async fn draining_turns_ready_off() {
     // New connections are turned away while draining.
     let mut late = Client::connect(&srv.url(&token("late"))).await;
     assert_eq!(late.expect_close().await.0, 1001);
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
 
 #[tokio::test]
@@ -308,4 +306,45 @@ async fn json_logs_and_no_token_in_them() {
         !logs.contains("LEAKCHECK123") && !logs.contains(&good),
         "a token reached the log"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_ends_in_time_whatever_the_clients_do() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let server = BinServer::start(
+        dir.path(),
+        &[
+            ("SWITCHBOARD_DRAIN_TIMEOUT_SECS", "2"),
+            ("SWITCHBOARD_API_KEY", API_KEY),
+        ],
+    )
+    .await;
+    // An SSE client that reads its response headers and then nothing more.
+    let mut stalled = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!(
+        "GET /events?channels=news&token={} HTTP/1.1\r\nHost: x\r\n\r\n",
+        token("stalled")
+    );
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 512];
+    let n = stalled.read(&mut head).await.unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+    // Enough for the channel to fill every buffer between the server and the client.
+    let payload = "p".repeat(256 * 1024);
+    for _ in 0..64 {
+        let resp = admin()
+            .post(format!("http://{}/events/broadcast", server.addr))
+            .json(&json!({"event": "bulk", "data": payload, "channel": "news"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // The connection's writes are blocked (and would be for the 30 s write timeout):
+    // the drain still ends within its own bound.
+    server.signal("-TERM");
+    let status = server.wait().await;
+    assert!(status.success(), "exit status {status:?}");
+    drop(stalled);
 }

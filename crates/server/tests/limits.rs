@@ -225,3 +225,157 @@ async fn connections_per_user_are_limited() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_does_not_hold_back_delivery() {
+    // A request that waits (here a custom handler, as a slow history or a recovery
+    // on a busy store would) while more than an outbox's worth of events reaches the
+    // connection: the writer keeps draining, the client is neither cut off nor late.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let srv = TestServer::build(
+        move |b| {
+            b.on_message("slow", move |ctx, _| {
+                let gate = gate.clone();
+                async move {
+                    gate.notified().await;
+                    ctx.reply("slow_done", &json!({}));
+                    Ok(())
+                }
+            })
+        },
+        |c| {
+            c.rate_limit.per_sec = 0;
+            c.ws.ping_interval_secs = 1;
+            c.ws.ping_timeout_secs = 2;
+        },
+    )
+    .await;
+    const N: usize = 5000;
+    assert!(N > srv.config.ws.outbox_max_frames);
+    let mut asker = srv.member("asker", "wide").await;
+    let mut neighbour = srv.member("neighbour", "wide").await;
+    asker.send(json!({"type": "slow", "ref": "s"})).await;
+    let mut publisher = srv.member("pub", "wide").await;
+    for start in (0..N).step_by(500) {
+        for i in start..start + 500 {
+            publisher
+                .request("send_message", json!({"roomId": "wide", "content": i}))
+                .await;
+        }
+        let mut got = 0;
+        while got < 500 {
+            if publisher.next().await["type"] == "new_message" {
+                got += 1;
+            }
+        }
+    }
+    async fn receive_all(c: &mut Client) {
+        let mut got = 0;
+        while got < N {
+            let v = c.next().await;
+            assert_ne!(v["type"], "slow_done", "delivery waited for the request");
+            if v["type"] == "new_message" {
+                got += 1;
+            }
+        }
+    }
+    receive_all(&mut neighbour).await;
+    // The asker has everything while its request is still in progress.
+    receive_all(&mut asker).await;
+    // A request slower than the liveness timeout is the server's delay, not a sign
+    // that the client is gone.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    release.notify_one();
+    assert_eq!(asker.next_of("slow_done").await["ref"], "s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_connection_still_proves_it_is_alive() {
+    // Under a stream that never lets the outbox run empty, the server must still read
+    // the client's pongs. (The outbox is made large enough that the backlog, not a
+    // 1013, is what the stream builds up.)
+    let srv = TestServer::with(|c| {
+        c.rate_limit.per_sec = 0;
+        c.ws.ping_interval_secs = 1;
+        c.ws.ping_timeout_secs = 2;
+        c.ws.outbox_max_frames = 10_000_000;
+        c.ws.outbox_max_bytes = 1 << 30;
+    })
+    .await;
+    let mut reader = srv.member("reader", "stream").await;
+    let publisher = srv.member("pub", "stream").await;
+    let (mut tx, mut rx) = publisher.ws.split();
+    let drain = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let flood = tokio::spawn(async move {
+        let frame = json!({"type": "typing", "data": {"roomId": "stream", "isTyping": true}});
+        loop {
+            if tx.send(Message::text(frame.to_string())).await.is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut events = 0u64;
+    while tokio::time::Instant::now() < deadline {
+        match tokio::time::timeout(WAIT, reader.ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(c))) => panic!("closed after {events} events: {c:?}"),
+            Some(Ok(_)) => events += 1,
+            other => panic!("ended: {other:?}"),
+        }
+        // A reader a little slower than the stream: the backlog never empties.
+        if events.is_multiple_of(1000) {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    flood.abort();
+    drain.abort();
+    assert!(events > 10_000, "the stream was steady ({events} events)");
+}
+
+#[tokio::test]
+async fn a_panicking_handler_is_answered_and_leaks_nothing() {
+    let srv = TestServer::build(
+        |b| {
+            b.on_message(
+                "boom",
+                |_ctx, _| async move { panic!("a bug in the embedder") },
+            )
+        },
+        |c| c.ws.max_connections_per_user = 1,
+    )
+    .await;
+    let mut alice = srv.member("alice", "general").await;
+    alice.send(json!({"type": "boom", "ref": 7})).await;
+    assert_eq!(alice.expect_error("Internal server error").await["ref"], 7);
+    // The connection carries on.
+    alice.send(json!({"type": "ping", "ref": 8})).await;
+    assert_eq!(alice.next_of("pong").await["ref"], 8);
+    drop(alice);
+    // Its place is freed: the user may connect again (the limit is one).
+    eventually("the connection is released", || async {
+        srv.hub.connections() == 0
+    })
+    .await;
+    srv.client("alice").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_task_panics_is_removed() {
+    let srv = TestServer::with(|c| c.ws.max_connections_per_user = 1).await;
+    let hub = srv.hub.clone();
+    let identity = hub.authenticate(Some(&token("alice"))).unwrap();
+    // A transport's task that panics while it holds a registered session.
+    let task = tokio::spawn(async move {
+        let registration = hub
+            .connect(identity, switchboard::hub::Wire::WebSocket)
+            .await
+            .unwrap();
+        let _held = registration;
+        panic!("a bug in a transport");
+    });
+    assert!(task.await.unwrap_err().is_panic());
+    assert_eq!(srv.hub.connections(), 0);
+    // Presence forgot the device too: the user is not over its limit of one.
+    srv.client("alice").await;
+}

@@ -340,3 +340,100 @@ async fn a_stale_last_event_id_restarts_from_the_head() {
     assert_eq!(e.data["content"], "two");
     assert_eq!(offsets(&e.id), "general=2");
 }
+
+#[tokio::test]
+async fn a_stream_of_your_own_channel_resumes_it() {
+    let srv = TestServer::start().await;
+    // Durable messages in alice's personal room, published by the server API.
+    for n in 1..=2 {
+        let resp = admin()
+            .post(srv.http("/api/rooms/user:alice/publish"))
+            .json(&json!({"content": format!("note {n}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let mut first = SseClient::open(&srv, "alice", "user:alice", None).await;
+    let hello = first.next_of("connected").await;
+    assert_eq!(offsets(&hello.id), "user:alice=2");
+    let epoch = hello
+        .id
+        .as_deref()
+        .unwrap()
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .to_string();
+    drop(first);
+    let mut back = SseClient::open(
+        &srv,
+        "alice",
+        "user:alice",
+        Some(&format!("user:alice=0@{epoch}")),
+    )
+    .await;
+    let hello = back.next_of("connected").await;
+    assert_eq!(hello.data["recovered"], json!({"user:alice": true}));
+    assert_eq!(back.next_of("new_message").await.data["content"], "note 1");
+    assert_eq!(back.next_of("new_message").await.data["content"], "note 2");
+}
+
+#[tokio::test]
+async fn streams_count_against_the_user_and_name_few_channels() {
+    let srv = TestServer::with(|c| {
+        c.ws.max_connections_per_user = 2;
+        c.sse.max_channels = 3;
+    })
+    .await;
+    let url = |channels: &str| {
+        srv.http(&format!(
+            "/events?channels={channels}&token={}",
+            token("alice")
+        ))
+    };
+    let too_many = reqwest::get(url("a,b,c,d")).await.unwrap();
+    assert_eq!(too_many.status(), 400);
+    let body: serde_json::Value = too_many.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3")
+    );
+
+    let ws = srv.client("alice").await;
+    let mut sse = SseClient::open(&srv, "alice", "a,b,c", None).await;
+    sse.next_of("connected").await;
+    // A WebSocket and a stream: the third connection of any transport is refused.
+    let refused = reqwest::get(url("a")).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    let mut third = Client::connect(&srv.url(&token("alice"))).await;
+    assert_eq!(
+        third.expect_close().await,
+        (1008, "Too many connections".into())
+    );
+    // Closing one frees its place.
+    drop(ws);
+    eventually("the place is freed", || async {
+        reqwest::get(url("a")).await.unwrap().status() == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_stream_opened_during_a_drain_is_closed() {
+    let srv = TestServer::start().await;
+    srv.hub.drain(switchboard_protocol::CloseCode::GoingAway);
+    // The listener still accepts (only the hub drains here): the stream registers,
+    // sees the drain, and ends after its first event.
+    let mut late = SseClient::open(&srv, "alice", "general", None).await;
+    late.next_of("connected").await;
+    assert!(late.try_next().await.is_none(), "the stream ends");
+    eventually("the stream is released", || async {
+        srv.hub.connections() == 0
+    })
+    .await;
+}

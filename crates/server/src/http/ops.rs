@@ -65,6 +65,7 @@ pub async fn ready(State(app): State<App>) -> Result<Json<Ready>, ApiError> {
 pub async fn metrics(State(app): State<App>) -> impl IntoResponse {
     let m = app.hub.metrics();
     m.rooms.set(app.hub.local_rooms().len() as f64);
+    m.joins_pending.set(app.hub.pending_joins() as f64);
     (
         [(
             header::CONTENT_TYPE,

@@ -448,7 +448,7 @@ impl Hub {
         for shard in self.inner.sessions.iter() {
             let sessions: Vec<Arc<Session>> = shard.lock().values().cloned().collect();
             for s in sessions.into_iter().filter(|s| s.wire.participates()) {
-                if now.saturating_sub(s.last_seen()) >= timeout {
+                if now.saturating_sub(s.last_seen()) >= timeout && !s.is_busy() {
                     s.close(CloseCode::Timeout);
                 } else {
                     s.push(Outgoing::Ping);

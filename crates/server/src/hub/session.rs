@@ -7,7 +7,7 @@
 //! marks the connection a slow consumer instead of growing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -113,6 +113,9 @@ pub struct Session {
     /// finished (a request the server is slow to answer does not make its sender
     /// look dead).
     last_seen: AtomicU64,
+    /// A request of this connection is in progress: the server is the one to wait
+    /// for, so liveness does not count the time against the client.
+    busy: AtomicBool,
     pub(super) rate: Mutex<RateLimiter>,
 }
 
@@ -137,6 +140,7 @@ impl Session {
             ready: Notify::new(),
             limits,
             last_seen: AtomicU64::new(now_secs),
+            busy: AtomicBool::new(false),
             rate: Mutex::new(rate),
         }
     }
@@ -295,6 +299,15 @@ impl Session {
 
     pub fn last_seen(&self) -> u64 {
         self.last_seen.load(Ordering::Relaxed)
+    }
+
+    /// Marks a request of this connection as in progress (or done).
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Relaxed)
     }
 
     pub fn rooms(&self) -> Vec<Arc<str>> {

@@ -237,12 +237,16 @@ async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option
             }
             _ = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
                 pending = None;
+                session.set_busy(false);
                 session.touch(hub.clock_secs());
             }
             incoming = socket.next(), if pending.is_none() => {
                 match receive(hub, session, incoming) {
                     ControlFlow::Break(code) => return code,
-                    ControlFlow::Continue(waiting) => pending = waiting,
+                    ControlFlow::Continue(waiting) => {
+                        session.set_busy(waiting.is_some());
+                        pending = waiting;
+                    }
                 }
             }
         }
