@@ -195,7 +195,7 @@ async fn hold_idle(ws: &mut Ws, stop: &CancellationToken) -> bool {
 }
 
 /// The server's PID found by its port, only for a server on this machine.
-fn local_server_pid(addr: SocketAddr) -> Option<u32> {
+pub(crate) fn local_server_pid(addr: SocketAddr) -> Option<u32> {
     let ip = addr.ip();
     (ip.is_loopback() || ip.is_unspecified())
         .then(|| process::pid_listening_on(addr.port()))

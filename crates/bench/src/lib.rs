@@ -1,6 +1,6 @@
 //! Load generator for the Switchboard native WebSocket protocol, as a library.
 //!
-//! One module per scenario (`connect`, `fanout`, `echo`, `durable`), each a `run`
+//! One module per scenario (`connect`, `fanout`, `echo`, `durable`, `rooms`), each a `run`
 //! function that takes a [`Target`] and its options and returns a report; the
 //! `switchboard-bench` binary is a thin CLI over them. The bench shares the machine
 //! with the server it measures, so it stays light: one task per connection that
@@ -17,6 +17,7 @@ pub mod process;
 mod progress;
 pub mod report;
 pub mod rlimit;
+pub mod rooms;
 pub mod scan;
 pub mod stats;
 pub mod target;

@@ -5,7 +5,10 @@ use switchboard_bench::connect::ConnectOptions;
 use switchboard_bench::durable::DurableOptions;
 use switchboard_bench::echo::EchoOptions;
 use switchboard_bench::fanout::FanoutOptions;
-use switchboard_bench::{Report, Target, TargetArgs, connect, durable, echo, fanout, rlimit};
+use switchboard_bench::rooms::RoomsOptions;
+use switchboard_bench::{
+    Report, Target, TargetArgs, connect, durable, echo, fanout, rlimit, rooms,
+};
 
 /// Load generator for a server speaking the Switchboard native WebSocket protocol.
 ///
@@ -57,6 +60,17 @@ enum Scenario {
     Durable {
         #[command(flatten)]
         opts: DurableOptions,
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Fill one big room, then many small ones: setup time, frames and bytes the
+    /// server sends per join (replies and announcements), largest frame, RSS per
+    /// connection.
+    Rooms {
+        #[command(flatten)]
+        opts: RoomsOptions,
         #[command(flatten)]
         target: TargetArgs,
         #[command(flatten)]
@@ -116,6 +130,15 @@ async fn main() -> anyhow::Result<()> {
             let target = Target::resolve(&target).await?;
             let r = durable::run(&target, &opts, !output.json && !output.quiet).await?;
             (Report::Durable(r), output)
+        }
+        Scenario::Rooms {
+            opts,
+            target,
+            output,
+        } => {
+            let target = Target::resolve(&target).await?;
+            let r = rooms::run(&target, &opts, !output.json && !output.quiet).await?;
+            (Report::Rooms(r), output)
         }
     };
     if output.json {

@@ -8,6 +8,7 @@ use crate::connect::ConnectReport;
 use crate::durable::DurableReport;
 use crate::echo::EchoReport;
 use crate::fanout::FanoutReport;
+use crate::rooms::RoomsReport;
 use crate::stats::LatencySummary;
 
 /// What a scenario measured. Serialized as one JSON object tagged with `scenario`;
@@ -19,6 +20,7 @@ pub enum Report {
     Fanout(FanoutReport),
     Echo(EchoReport),
     Durable(DurableReport),
+    Rooms(RoomsReport),
 }
 
 impl Report {
@@ -35,6 +37,7 @@ impl fmt::Display for Report {
             Report::Fanout(r) => r.fmt(f),
             Report::Echo(r) => r.fmt(f),
             Report::Durable(r) => r.fmt(f),
+            Report::Rooms(r) => r.fmt(f),
         }
     }
 }

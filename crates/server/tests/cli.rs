@@ -232,14 +232,13 @@ async fn a_closed_store_turns_ready_off() {
     assert_eq!(resp.status(), 503);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "store_unavailable");
-    // A message now fails clearly instead of vanishing, and so does a join that needs
-    // the room's position.
+    // A message now fails clearly instead of vanishing, and so does reading history.
     alice.send(json!({"type": "send_message", "ref": 1, "data": {"roomId": "general", "content": "x"}})).await;
     let e = alice.expect_error("Service unavailable").await;
     assert_eq!(e["ref"], 1);
     assert_eq!(e["data"]["code"], "unavailable");
     alice
-        .send(json!({"type": "join_room", "ref": 2, "data": {"roomId": "other"}}))
+        .send(json!({"type": "history", "ref": 2, "data": {"roomId": "general"}}))
         .await;
     assert_eq!(alice.expect_error("Service unavailable").await["ref"], 2);
 }

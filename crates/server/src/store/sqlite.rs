@@ -88,10 +88,25 @@ pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     reads: SqlitePool,
     epoch: Arc<str>,
-    /// Last offsets the writer committed, for `head` without a query. Only the writer
-    /// inserts: a reader's view of the database may be older than the writer's.
-    heads: Arc<Mutex<HashMap<Arc<str>, u64>>>,
+    heads: Arc<Mutex<Heads>>,
     counters: Arc<Counters>,
+}
+
+/// Rooms' last offsets, so that `head` needs no query: every join asks it.
+///
+/// Loaded whole at open (from the `rooms` table) while there are at most
+/// `MAX_CACHED_ROOMS`: then a room that is not here has no message, and `head` is 0
+/// without asking the database. The writer overwrites what it commits, before the
+/// commit is published, so nobody can have seen an offset the cache does not have.
+/// Past the bound the cache starts over (`complete` turns false, `generation` moves
+/// on) and a miss is read from the database; a reader adds its answer only where the
+/// writer has not been since (its snapshot may be older than the writer's latest
+/// commit) and only within the same generation.
+#[derive(Default)]
+struct Heads {
+    offsets: HashMap<Arc<str>, u64>,
+    complete: bool,
+    generation: u64,
 }
 
 #[derive(Default)]
@@ -166,7 +181,20 @@ impl SqliteStore {
             .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let counters = Arc::new(Counters::default());
-        let heads = Arc::new(Mutex::new(HashMap::new()));
+        let known: Vec<(String, i64)> = sqlx::query_as("SELECT room, head FROM rooms LIMIT ?")
+            .bind(MAX_CACHED_ROOMS as i64 + 1)
+            .fetch_all(&mut writer)
+            .await
+            .map_err(unavailable)?;
+        let heads = Arc::new(Mutex::new(Heads {
+            complete: known.len() <= MAX_CACHED_ROOMS,
+            offsets: known
+                .into_iter()
+                .take(MAX_CACHED_ROOMS)
+                .map(|(room, head)| (room.into(), head as u64))
+                .collect(),
+            generation: 0,
+        }));
         let w = Writer {
             conn: writer,
             epoch: epoch.clone(),
@@ -199,20 +227,32 @@ impl Store for SqliteStore {
     }
 
     fn head<'a>(&'a self, room: &'a str) -> BoxFuture<'a, Result<Position, StoreError>> {
+        let generation = {
+            let heads = self.heads.lock();
+            let known = match heads.offsets.get(room) {
+                Some(offset) => Some(*offset),
+                None if heads.complete => Some(0),
+                None => None,
+            };
+            if let Some(offset) = known {
+                let head = Position::new(offset, self.epoch.clone());
+                return std::future::ready(Ok(head)).boxed();
+            }
+            heads.generation
+        };
         async move {
-            let cached = self.heads.lock().get(room).copied();
-            let offset = match cached {
-                Some(o) => o,
-                None => {
-                    let max: i64 = sqlx::query_scalar(
-                        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room = ?",
-                    )
+            let max: i64 =
+                sqlx::query_scalar("SELECT COALESCE(MAX(head), 0) FROM rooms WHERE room = ?")
                     .bind(room)
                     .fetch_one(&self.reads)
                     .await
                     .map_err(unavailable)?;
-                    max as u64
-                }
+            let mut heads = self.heads.lock();
+            let offset = if heads.generation == generation && heads.offsets.len() < MAX_CACHED_ROOMS
+            {
+                *heads.offsets.entry(room.into()).or_insert(max as u64)
+            } else {
+                heads.offsets.get(room).copied().unwrap_or(max as u64)
             };
             Ok(Position::new(offset, self.epoch.clone()))
         }
@@ -362,7 +402,7 @@ struct Writer {
     commits: CommitLog,
     /// Last offset of each room written so far; a room not here is read from disk.
     last_offsets: HashMap<Arc<str>, u64>,
-    heads: Arc<Mutex<HashMap<Arc<str>, u64>>>,
+    heads: Arc<Mutex<Heads>>,
     counters: Arc<Counters>,
     metrics: Arc<Metrics>,
     dedupe_window_ms: u64,
@@ -506,14 +546,14 @@ impl Writer {
             let last = match next.get(&d.room).or(self.last_offsets.get(&d.room)) {
                 Some(o) => *o,
                 None => {
-                    let max: i64 = sqlx::query_scalar(
-                        "SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room = ?",
+                    let head: i64 = sqlx::query_scalar(
+                        "SELECT COALESCE(MAX(head), 0) FROM rooms WHERE room = ?",
                     )
                     .bind(&*d.room)
                     .fetch_one(&mut *tx)
                     .await
                     .map_err(classify)?;
-                    max as u64
+                    head as u64
                 }
             };
             let offset = last + 1;
@@ -558,6 +598,14 @@ impl Writer {
             });
             q.build().execute(&mut *tx).await.map_err(classify)?;
         }
+        if !next.is_empty() {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new("INSERT INTO rooms (room, head) ");
+            q.push_values(&next, |mut b, (room, offset)| {
+                b.push_bind(&**room).push_bind(bind_offset(*offset));
+            });
+            q.push(" ON CONFLICT (room) DO UPDATE SET head = excluded.head");
+            q.build().execute(&mut *tx).await.map_err(classify)?;
+        }
         for (key, i) in &keys {
             let c = &out[*i];
             sqlx::query(
@@ -583,11 +631,13 @@ impl Writer {
         }
         {
             let mut heads = self.heads.lock();
-            if heads.len() + next.len() > MAX_CACHED_ROOMS {
-                heads.clear();
+            if heads.offsets.len() + next.len() > MAX_CACHED_ROOMS {
+                heads.offsets.clear();
+                heads.complete = false;
+                heads.generation += 1;
             }
             for (room, offset) in &next {
-                heads.insert(room.clone(), *offset);
+                heads.offsets.insert(room.clone(), *offset);
             }
         }
         self.last_offsets.extend(next);

@@ -12,6 +12,7 @@
 //! leaves, the server closes it, the task is cancelled or panics), dropping it removes
 //! the connection from the hub.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
@@ -203,36 +204,39 @@ async fn serve(hub: Hub, mut socket: Box<Socket>, registration: Registration) {
 
 /// Runs the connection until it ends; returns the close to send, if one should be.
 ///
-/// One loop waits on three things: the outbox (write a batch), the client (read a
-/// frame), and the request in progress, if any. Requests of a connection run one after
-/// another (no frame is read while one is in progress), but the outbox is drained all
-/// along: a slow request never holds back delivery. The branches are polled in random
-/// order, so a busy outbox does not starve reading either.
+/// One loop waits on three things: the outbox (take what is queued and write it), the
+/// client (read a frame), and the request in progress, if any. Requests of a
+/// connection run one after another (no frame is read while one is in progress), but
+/// the outbox is drained all along: a slow request never holds back delivery. Writes
+/// go out in chunks of [`WRITE_CHUNK`] frames with the client read in between, and the
+/// branches are polled in random order, so a long backlog does not keep the client's
+/// pongs waiting either.
 async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option<CloseCode> {
-    let mut batch = Vec::new();
+    let mut backlog: VecDeque<Outgoing> = VecDeque::new();
+    let mut taken = 0;
+    let mut closing = None;
     let mut pending: Option<BoxFuture<'_, ()>> = None;
     loop {
         tokio::select! {
-            _ = session.ready() => {
-                let closing = session.take(&mut batch);
-                let frames = batch.len();
-                if frames > 0 {
-                    hub.metrics().frames_sent.increment(frames as u64);
-                    // A client that stopped reading fails this write after the
-                    // listener's write timeout. Boxed: the write's state exists only
-                    // while it runs, not in every idle connection's task.
-                    if Box::pin(write_batch(socket, &mut batch)).await.is_err() {
-                        return None;
-                    }
+            _ = session.ready(), if backlog.is_empty() && closing.is_none() => {
+                // The backlog's vector and the outbox's trade places on every batch.
+                let mut batch = Vec::from(std::mem::take(&mut backlog));
+                closing = session.take(&mut batch);
+                taken = batch.len();
+                hub.metrics().frames_sent.increment(taken as u64);
+                backlog = VecDeque::from(batch);
+            }
+            _ = std::future::ready(()), if !backlog.is_empty() => {
+                // A client that stopped reading fails this write after the listener's
+                // write timeout. Boxed: the write's state exists only while it runs,
+                // not in every idle connection's task.
+                if Box::pin(write_chunk(socket, &mut backlog)).await.is_err() {
+                    return None;
                 }
-                // The writer's vector and the outbox's trade places on every batch.
-                // A busy connection keeps a modest one, so a steady stream allocates
+                // A busy connection keeps a modest vector, so a steady stream allocates
                 // nothing; a quiet one gives it up, so an idle connection holds none.
-                if frames <= 1 || batch.capacity() > 256 {
-                    batch = Vec::new();
-                }
-                if closing.is_some() {
-                    return closing;
+                if backlog.is_empty() && (taken <= 1 || backlog.capacity() > 256) {
+                    backlog = VecDeque::new();
                 }
             }
             _ = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
@@ -249,6 +253,9 @@ async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option
                     }
                 }
             }
+        }
+        if closing.is_some() && backlog.is_empty() {
+            return closing;
         }
     }
 }
@@ -301,8 +308,13 @@ fn receive<'a>(
     }
 }
 
-async fn write_batch(socket: &mut Socket, batch: &mut Vec<Outgoing>) -> Result<(), WsError> {
-    for frame in batch.drain(..) {
+/// Frames written per turn of the connection's loop.
+const WRITE_CHUNK: usize = 256;
+
+/// Writes up to [`WRITE_CHUNK`] frames of the backlog and flushes them.
+async fn write_chunk(socket: &mut Socket, backlog: &mut VecDeque<Outgoing>) -> Result<(), WsError> {
+    let n = backlog.len().min(WRITE_CHUNK);
+    for frame in backlog.drain(..n) {
         let msg = match frame {
             Outgoing::Frame(f) | Outgoing::Positioned { frame: f, .. } => Message::Text(text(f)),
             Outgoing::Ping => Message::Ping(Default::default()),

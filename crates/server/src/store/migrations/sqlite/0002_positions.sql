@@ -1,5 +1,6 @@
 -- Each message's payload size, before the payload so that counting a gap's bytes reads
--- no payload; the history's epoch; idempotency keys of recent sends.
+-- no payload; each room's head, so that a position is read without a message; the
+-- history's epoch; idempotency keys of recent sends.
 CREATE TABLE messages_v2 (
     room TEXT NOT NULL,
     seq INTEGER NOT NULL,
@@ -13,6 +14,12 @@ INSERT INTO messages_v2 (room, seq, size, id, ts, data)
     SELECT room, seq, length(CAST(data AS BLOB)), id, ts, data FROM messages;
 DROP TABLE messages;
 ALTER TABLE messages_v2 RENAME TO messages;
+
+CREATE TABLE rooms (
+    room TEXT PRIMARY KEY,
+    head INTEGER NOT NULL
+) WITHOUT ROWID;
+INSERT INTO rooms (room, head) SELECT room, MAX(seq) FROM messages GROUP BY room;
 
 CREATE TABLE meta (
     key TEXT PRIMARY KEY,
