@@ -47,9 +47,12 @@ impl Outbox {
     }
 }
 
+/// Room -> (connection id, its outbox).
+type Members = HashMap<String, Vec<(u64, Arc<Outbox>)>>;
+
 #[derive(Default)]
 struct Rooms {
-    members: Mutex<HashMap<String, Vec<(u64, Arc<Outbox>)>>>,
+    members: Mutex<Members>,
     next_id: AtomicU64,
     next_offset: AtomicU64,
 }
