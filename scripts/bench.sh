@@ -2,7 +2,9 @@
 # The standard benchmark set (docs/benchmarks.md): builds release, starts a fresh
 # server per scenario (fresh data dir, default config, rate limit lifted), runs each
 # scenario of switchboard-bench, writes target/bench/results.jsonl, then renders the
-# table and the plot into docs/ (scripts/bench_report.py).
+# table and the plot into docs/ (scripts/bench_report.py). The connect and fan-out
+# peaks are run against the minimal broadcaster too (crates/bench/examples/
+# broadcaster.rs), right after Switchboard's, so the two compare within one run.
 #
 # Loopback only; every scenario is bounded in time. Usage: scripts/bench.sh [--quick]
 set -euo pipefail
@@ -11,7 +13,7 @@ cd "$(dirname "$0")/.."
 quick=false
 [ "${1:-}" = "--quick" ] && quick=true
 
-cargo build --release -p switchboard -p switchboard-bench
+cargo build --release -p switchboard -p switchboard-bench --bins --examples
 ulimit -n "$(ulimit -Hn)"
 
 out=target/bench
@@ -46,12 +48,32 @@ run() {
   rm -rf "$data"
 }
 
-if $quick; then d=3; conns=2000; else d=10; conns=15000; fi
+# The same scenario against the minimal broadcaster (no auth, no store, no limits).
+run_baseline() {
+  local name=$1
+  shift
+  target/release/examples/broadcaster "127.0.0.1:$port" >"$out/server-$name.log" 2>&1 &
+  local server=$!
+  sleep 0.3
+  local extra=()
+  [ "$1" = connect ] && extra=(--server-pid "$server")
+  echo "== $name: switchboard-bench $* (minimal broadcaster)" >&2
+  target/release/switchboard-bench "$@" "${extra[@]}" --url "$url" --jwt-secret "$secret" --json -q \
+    | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["name"]=sys.argv[1]; r["args"]=sys.argv[2]; print(json.dumps(r))' "$name" "$*" \
+    | tee -a "$results"
+  kill "$server"
+  wait "$server" 2>/dev/null || true
+}
+
+if $quick; then d=3; conns=2000; big=1000; rooms=200; else d=10; conns=15000; big=5000; rooms=1000; fi
 run connect connect -n "$conns" --hold 3
+run_baseline baseline-connect connect -n "$conns" --hold 3
 run fanout-20 fanout -n 1000 -p 1 --rate 20 -d "$d"
 run fanout-200 fanout -n 1000 -p 1 --rate 200 -d "$d"
 run fanout-max fanout -n 1000 -p 1 --max -d "$d"
+run_baseline baseline-fanout-max fanout -n 1000 -p 1 --max -d "$d"
 run echo echo -n 100 -d "$d"
 run durable durable -p 10 -d "$d"
+run rooms rooms --big "$big" --rooms "$rooms" --size 5
 
 python3 scripts/bench_report.py "$results"

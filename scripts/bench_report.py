@@ -26,7 +26,21 @@ BARS = {
     "fanout-max": (">= 750,000 deliveries/s, 0 lost", lambda r: r["lost"] == 0 and r["deliveries_per_sec"] >= 750_000),
     "echo": (">= 60,000 round trips/s; p99 <= 6 ms", lambda r: r["pings_per_sec"] >= 60_000 and r["rtt"]["p99_us"] <= 6_000),
     "durable": (">= 30,000 acked messages/s", lambda r: r["acked_per_sec"] >= 30_000 and r["errors"] == 0),
+    "rooms": ("a room of 5,000: <= 200 frames and <= 64 KiB sent per join, largest frame <= 32 KiB",
+              lambda r: r["big"]["frames_per_join"] <= 200 and r["big"]["bytes_per_join"] <= 65536
+              and r["big"]["largest_frame_bytes"] <= 32768),
+    "baseline-connect": ("the yardstick: Switchboard's connect aims at >= 85% of it", lambda r: True),
+    "baseline-fanout-max": ("the yardstick: Switchboard's fan-out aims at >= 85% of it", lambda r: True),
 }
+
+
+def ratio(results, ours, theirs, key):
+    """Switchboard's figure as a share of the broadcaster's, from the same run."""
+    a = next((r for r in results if r["name"] == ours), None)
+    b = next((r for r in results if r["name"] == theirs), None)
+    if not a or not b or not b.get(key):
+        return None
+    return a[key] / b[key]
 
 
 def ms(us):
@@ -35,7 +49,7 @@ def ms(us):
 
 def figures(r):
     name = r["name"]
-    if name == "connect":
+    if r["scenario"] == "connect":
         return (f"{r['opened']:,} opened, {r['failed']} failed; {r['connects_per_sec']:,.0f} connections/s; "
                 f"RSS {r['rss_before_bytes'] / 2**20:.1f} -> {r['rss_after_bytes'] / 2**20:.1f} MiB, "
                 f"**{r['rss_per_connection_bytes'] / 1024:.2f} KiB per connection**")
@@ -48,6 +62,14 @@ def figures(r):
         rtt = r["rtt"]
         return (f"**{r['pings_per_sec']:,.0f} round trips/s**; RTT p50 {ms(rtt['p50_us'])} / p90 {ms(rtt['p90_us'])} / "
                 f"**p99 {ms(rtt['p99_us'])}** / max {ms(rtt['max_us'])} ms; {r['timeouts']} timeouts")
+    if name == "rooms":
+        def phase(p):
+            rss = p.get("rss_per_connection_bytes")
+            rss = f", RSS {rss / 1024:.1f} KiB per connection" if rss is not None else ""
+            return (f"{p['connections']:,} connections in {p['rooms']:,} room(s): {p['setup_secs']:.2f} s "
+                    f"({p['joins_per_sec']:,.0f} joins/s); **{p['frames_per_join']:.1f} frames, "
+                    f"{p['bytes_per_join'] / 1024:.1f} KiB per join**; largest frame {p['largest_frame_bytes'] / 1024:.1f} KiB{rss}")
+        return f"big: {phase(r['big'])}; small: {phase(r['small'])}"
     if name == "durable":
         lat = r["ack_latency"]
         return (f"{r['acked']:,} of {r['sent']:,} acked, **{r['acked_per_sec']:,.0f} acked messages/s**; "
@@ -143,6 +165,11 @@ def main():
     for r in results:
         bar, check = BARS.get(r["name"], ("", lambda _: True))
         lines.append(f"| {r['name']} | `switchboard-bench {r['args']}` | {figures(r)} | {bar} | {'yes' if check(r) else '**no**'} |")
+    for ours, theirs, key, what in (("connect", "baseline-connect", "connects_per_sec", "connections/s"),
+                                    ("fanout-max", "baseline-fanout-max", "deliveries_per_sec", "deliveries/s")):
+        share = ratio(results, ours, theirs, key)
+        if share is not None:
+            lines.append(f"| {ours} vs {theirs} | | Switchboard at **{share:.0%}** of the minimal broadcaster's {what} | >= 85% | {'yes' if share >= 0.85 else '**no**'} |")
     table = "\n".join(lines)
     with open(DOC) as f:
         doc = f.read()

@@ -310,3 +310,32 @@ fn every_scenario_documents_its_flags() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_count_what_each_join_costs() {
+    let server = TestServer::start().await;
+    let opts = switchboard_bench::rooms::RoomsOptions {
+        big: 30,
+        rooms: 4,
+        size: 3,
+        settle: 0.2,
+        server_pid: None,
+    };
+    let r = switchboard_bench::rooms::run(&server.target().await, &opts, false)
+        .await
+        .unwrap();
+    assert_eq!(r.big.connections, 30);
+    assert_eq!((r.small.connections, r.small.rooms), (12, 4));
+    // Every join is answered, and the others in a small room hear of it: at least the
+    // reply, at most the reply plus one announcement per member.
+    assert!(r.big.frames_per_join >= 1.0, "{r:?}");
+    assert!(
+        (1.0..=3.0).contains(&r.small.frames_per_join),
+        "{}",
+        r.small.frames_per_join
+    );
+    assert!(r.big.largest_frame_bytes > 0 && r.big.bytes_per_join > 0.0);
+    let json = Report::Rooms(r).to_json();
+    assert!(json.contains("\"scenario\":\"rooms\""), "{json}");
+    server.stop().await;
+}

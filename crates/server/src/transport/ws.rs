@@ -13,8 +13,11 @@
 //! the connection from the hub.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::ops::ControlFlow;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::ready;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -22,7 +25,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use switchboard_protocol::{CloseCode, Connected, ErrorKind, Frame, now_millis};
@@ -225,18 +228,14 @@ async fn drive(hub: &Hub, session: &Arc<Session>, socket: &mut Socket) -> Option
                 taken = batch.len();
                 hub.metrics().frames_sent.increment(taken as u64);
                 backlog = VecDeque::from(batch);
-            }
-            _ = std::future::ready(()), if !backlog.is_empty() => {
-                // A client that stopped reading fails this write after the listener's
-                // write timeout. Boxed: the write's state exists only while it runs,
-                // not in every idle connection's task.
-                if Box::pin(write_chunk(socket, &mut backlog)).await.is_err() {
+                // Most batches are one chunk: written in this same turn.
+                if !write_turn(socket, &mut backlog, taken).await {
                     return None;
                 }
-                // A busy connection keeps a modest vector, so a steady stream allocates
-                // nothing; a quiet one gives it up, so an idle connection holds none.
-                if backlog.is_empty() && (taken <= 1 || backlog.capacity() > 256) {
-                    backlog = VecDeque::new();
+            }
+            _ = std::future::ready(()), if !backlog.is_empty() => {
+                if !write_turn(socket, &mut backlog, taken).await {
+                    return None;
                 }
             }
             _ = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
@@ -311,17 +310,51 @@ fn receive<'a>(
 /// Frames written per turn of the connection's loop.
 const WRITE_CHUNK: usize = 256;
 
-/// Writes up to [`WRITE_CHUNK`] frames of the backlog and flushes them.
-async fn write_chunk(socket: &mut Socket, backlog: &mut VecDeque<Outgoing>) -> Result<(), WsError> {
-    let n = backlog.len().min(WRITE_CHUNK);
-    for frame in backlog.drain(..n) {
-        let msg = match frame {
-            Outgoing::Frame(f) | Outgoing::Positioned { frame: f, .. } => Message::Text(text(f)),
-            Outgoing::Ping => Message::Ping(Default::default()),
-        };
-        socket.feed(msg).await?;
+/// One turn's write: a chunk of the backlog. False when the socket failed.
+async fn write_turn(socket: &mut Socket, backlog: &mut VecDeque<Outgoing>, taken: usize) -> bool {
+    if backlog.is_empty() {
+        return true;
     }
-    socket.flush().await
+    // A client that stopped reading fails this write after the listener's write
+    // timeout.
+    if write_chunk(socket, backlog).await.is_err() {
+        return false;
+    }
+    // A busy connection keeps a modest vector, so a steady stream allocates nothing;
+    // a quiet one gives it up, so an idle connection holds none.
+    if backlog.is_empty() && (taken <= 1 || backlog.capacity() > 256) {
+        *backlog = VecDeque::new();
+    }
+    true
+}
+
+/// Writes up to [`WRITE_CHUNK`] frames of the backlog and flushes them.
+///
+/// Written against the socket's `Sink` methods by hand: the future holds two
+/// references and a count, so it needs no allocation and adds almost nothing to the
+/// connection's task.
+fn write_chunk<'a>(
+    socket: &'a mut Socket,
+    backlog: &'a mut VecDeque<Outgoing>,
+) -> impl Future<Output = Result<(), WsError>> + 'a {
+    let mut left = backlog.len().min(WRITE_CHUNK);
+    std::future::poll_fn(move |cx| {
+        while left > 0 {
+            ready!(Pin::new(&mut *socket).poll_ready(cx))?;
+            let Some(frame) = backlog.pop_front() else {
+                break;
+            };
+            left -= 1;
+            let msg = match frame {
+                Outgoing::Frame(f) | Outgoing::Positioned { frame: f, .. } => {
+                    Message::Text(text(f))
+                }
+                Outgoing::Ping => Message::Ping(Default::default()),
+            };
+            Pin::new(&mut *socket).start_send(msg)?;
+        }
+        Pin::new(&mut *socket).poll_flush(cx)
+    })
 }
 
 /// The frame's bytes as a WebSocket text payload, without a copy or a UTF-8 check.
