@@ -350,6 +350,17 @@ async fn history_over_http_is_for_members() {
             .0,
         StatusCode::BAD_REQUEST
     );
+    // A listener reads the history of the channels its stream names, to fill a gap
+    // its resume could not.
+    let mut stream = SseClient::open(&srv, "lurker", "general", None).await;
+    stream.next_of("connected").await;
+    let body: Value = get("?limit=1", Some("lurker"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["messages"][0]["offset"], 5);
 }
 
 #[tokio::test]

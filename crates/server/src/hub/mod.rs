@@ -494,9 +494,17 @@ impl Hub {
         sessions.len()
     }
 
-    /// Whether `user_id` has a connection in `room` (any node).
+    /// Whether `user_id` has a connection in `room`: a member (any node), or a listener
+    /// (an SSE stream of this node) subscribed to it.
     pub async fn user_in_room(&self, user_id: &str, room: &str) -> Result<bool, PresenceError> {
-        self.presence().has_user(room, user_id).await
+        if self.presence().has_user(room, user_id).await? {
+            return Ok(true);
+        }
+        let devices = self.presence().device_ids(user_id).await?;
+        Ok(devices
+            .iter()
+            .filter_map(|id| self.session(id))
+            .any(|s| s.in_room(room)))
     }
 
     /// The room's position now.

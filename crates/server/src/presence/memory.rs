@@ -122,6 +122,16 @@ impl Presence for MemoryPresence {
         ready(n)
     }
 
+    fn device_ids<'a>(&'a self, user: &'a str) -> Answer<'a, Vec<Arc<str>>> {
+        let ids = self
+            .user_shard(user)
+            .lock()
+            .get(user)
+            .map(|d| d.to_vec())
+            .unwrap_or_default();
+        ready(ids)
+    }
+
     fn join<'a>(&'a self, room: &'a str, device: Device<'a>) -> Answer<'a, RoomCounts> {
         let mut shard = self.room_shard(room).lock();
         let r = shard.entry(room.to_string()).or_default();

@@ -62,11 +62,14 @@ pub trait Presence: Send + Sync + 'static {
     /// Records a device; answers how many devices its user has now, this one included.
     fn connect<'a>(&'a self, device: Device<'a>) -> Answer<'a, u64>;
 
-    /// Forgets a device and every room it was in.
+    /// Forgets a device (the hub leaves its rooms first).
     fn disconnect(&self, device: Device<'_>);
 
     /// How many devices `user` has.
     fn devices<'a>(&'a self, user: &'a str) -> Answer<'a, u64>;
+
+    /// The client ids of `user`'s devices (at most `max_connections_per_user`).
+    fn device_ids<'a>(&'a self, user: &'a str) -> Answer<'a, Vec<Arc<str>>>;
 
     /// Records that `device` is in `room`; answers the room's counts now.
     fn join<'a>(&'a self, room: &'a str, device: Device<'a>) -> Answer<'a, RoomCounts>;
