@@ -286,7 +286,7 @@ fn server_sender() -> UserInfo {
 /// repeat within the dedupe window answers the original's id and offset.
 #[utoipa::path(post, path = "/api/rooms/{room}/publish", tag = "server",
     security(("api_key" = [])), request_body = PublishRequest,
-    params(RoomPath, ("Idempotency-Key" = Option<String>, Header, description = "1-64 characters of A-Za-z0-9_-: a retry with the same key is stored once")),
+    params(RoomPath, ("Idempotency-Key" = Option<String>, Header, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "1-64 characters of A-Za-z0-9_-: a retry with the same key is stored once")),
     responses((status = 200, body = PublishResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 500, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn publish(
     _: ApiKey,
