@@ -31,6 +31,8 @@ results="$out/results.jsonl"
 secret=bench-secret
 port=18781
 
+. scripts/bench-lib.sh
+
 run() {
   local build=$1 binary=$2 pin=$3 name=$4
   shift 4
@@ -41,17 +43,10 @@ run() {
   SWITCHBOARD_JWT_SECRET=$secret SWITCHBOARD_RATE_LIMIT_PER_SEC=0 SWITCHBOARD_LOG=warn \
     "${prefix[@]}" "$binary" serve --listen "127.0.0.1:$port" --data-dir "$data" >/dev/null 2>&1 &
   local server=$!
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
-    sleep 0.1
-  done
-  local extra=()
-  [ "$1" = connect ] && extra=(--server-pid "$server")
+  wait_for_port "$port"
   echo "== $build $name: switchboard-bench $*" >&2
-  target/release/switchboard-bench "$@" "${extra[@]}" --url "ws://127.0.0.1:$port/ws" \
-    --jwt-secret "$secret" --json -q \
-    | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["build"]=sys.argv[1]; r["name"]=sys.argv[2]; r["args"]=sys.argv[3]; print(json.dumps(r))' "$build" "$name" "$*" \
-    >>"$results"
+  record "$results" "$server" "ws://127.0.0.1:$port/ws" "$secret" \
+    "{\"build\": \"$build\", \"name\": \"$name\"}" "$@" >/dev/null
   kill -TERM "$server"
   wait "$server" || true
   rm -rf "$data"

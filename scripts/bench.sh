@@ -24,6 +24,8 @@ secret=bench-secret
 port=18780
 url="ws://127.0.0.1:$port/ws"
 
+. scripts/bench-lib.sh
+
 run() {
   local name=$1
   shift
@@ -33,16 +35,9 @@ run() {
     target/release/switchboard serve --listen "127.0.0.1:$port" --data-dir "$data" \
     >"$out/server-$name.log" 2>&1 &
   local server=$!
-  for _ in $(seq 1 100); do
-    curl -sf "http://127.0.0.1:$port/health" >/dev/null && break
-    sleep 0.1
-  done
-  local extra=()
-  [ "$1" = connect ] && extra=(--server-pid "$server")
+  wait_for_port "$port"
   echo "== $name: switchboard-bench $*" >&2
-  target/release/switchboard-bench "$@" "${extra[@]}" --url "$url" --jwt-secret "$secret" --json -q \
-    | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["name"]=sys.argv[1]; r["args"]=sys.argv[2]; print(json.dumps(r))' "$name" "$*" \
-    | tee -a "$results"
+  record "$results" "$server" "$url" "$secret" "{\"name\": \"$name\"}" "$@"
   kill -TERM "$server"
   wait "$server" || true
   rm -rf "$data"
@@ -54,13 +49,9 @@ run_baseline() {
   shift
   target/release/examples/broadcaster "127.0.0.1:$port" >"$out/server-$name.log" 2>&1 &
   local server=$!
-  sleep 0.3
-  local extra=()
-  [ "$1" = connect ] && extra=(--server-pid "$server")
+  wait_for_port "$port"
   echo "== $name: switchboard-bench $* (minimal broadcaster)" >&2
-  target/release/switchboard-bench "$@" "${extra[@]}" --url "$url" --jwt-secret "$secret" --json -q \
-    | python3 -c 'import json,sys; r=json.loads(sys.stdin.read()); r["name"]=sys.argv[1]; r["args"]=sys.argv[2]; print(json.dumps(r))' "$name" "$*" \
-    | tee -a "$results"
+  record "$results" "$server" "$url" "$secret" "{\"name\": \"$name\"}" "$@"
   kill "$server"
   wait "$server" 2>/dev/null || true
 }
