@@ -40,7 +40,7 @@ use crate::config::Config;
 use crate::encode::Event;
 use crate::metrics::Metrics;
 use crate::position::Position;
-use crate::presence::{Presence, PresenceError, RoomCounts};
+use crate::presence::{Presence, PresenceError};
 use crate::store::{Commit, Committed, Completion, Draft, Store, StoreError};
 
 const SESSION_SHARDS: usize = 32;
@@ -589,10 +589,5 @@ impl Hub {
                 s.close(code);
             }
         }
-    }
-
-    /// Room counts from presence, for the server API.
-    pub async fn room_counts(&self, room: &str) -> Result<RoomCounts, PresenceError> {
-        self.presence().counts(room).await
     }
 }
