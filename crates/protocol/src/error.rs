@@ -19,6 +19,8 @@ pub enum ErrorKind {
     NotInRoom,
     Forbidden,
     TargetPeerNotFound,
+    InvalidStatus,
+    FileNotFound,
     UnknownType(String),
     InvalidClientMessageId,
     RateLimited,
@@ -44,7 +46,8 @@ impl ErrorKind {
             | ErrorKind::InvalidClientMessageId => "bad_request",
             ErrorKind::NotInRoom => "not_in_room",
             ErrorKind::Forbidden => "forbidden",
-            ErrorKind::TargetPeerNotFound => "not_found",
+            ErrorKind::TargetPeerNotFound | ErrorKind::FileNotFound => "not_found",
+            ErrorKind::InvalidStatus => "bad_request",
             ErrorKind::UnknownType(_) => "unknown_type",
             ErrorKind::RateLimited => "rate_limited",
             ErrorKind::TooManyRooms => "too_many_rooms",
@@ -70,6 +73,8 @@ impl fmt::Display for ErrorKind {
             ErrorKind::NotInRoom => f.write_str("Not in room"),
             ErrorKind::Forbidden => f.write_str("Forbidden"),
             ErrorKind::TargetPeerNotFound => f.write_str("Target peer not found"),
+            ErrorKind::InvalidStatus => f.write_str("Invalid status"),
+            ErrorKind::FileNotFound => f.write_str("File not found"),
             ErrorKind::UnknownType(t) => write!(f, "Unknown message type: {t}"),
             ErrorKind::InvalidClientMessageId => {
                 f.write_str("Invalid clientMessageId: 1-64 characters of A-Za-z0-9_-")

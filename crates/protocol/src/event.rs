@@ -104,7 +104,8 @@ pub struct RoomJoined {
     pub recovered: Option<bool>,
 }
 
-/// One entry of `room_members`.
+/// One entry of `room_members`: an online member with its status, or an offline one
+/// with when it was last seen.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Member {
@@ -112,9 +113,79 @@ pub struct Member {
     pub username: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
+    /// `online`, `away`, `busy`, or `offline` (gone, or invisible).
     pub status: String,
-    /// When the user's first connection in the room joined (ms).
+    /// When the user became a member (ms).
     pub joined_at: u64,
+    /// For an offline member: when it was last online (ms), if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+}
+
+/// `device_connected` and `device_disconnected`, to a user's other devices.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceEvent {
+    /// The device's connection id (the native protocol's name).
+    pub client_id: String,
+    /// The same id (the original Socket.IO name).
+    pub socket_id: String,
+    /// `websocket`, `socketio` or `sse`.
+    pub transport: String,
+    pub timestamp: u64,
+}
+
+/// `friend_status_update`: a user's status, as its contacts see it (a status goes to
+/// the users the changer lists as contacts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FriendStatusUpdate {
+    pub user_id: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+    pub timestamp: u64,
+}
+
+/// `status_updated`, to every device of the user who changed its status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusUpdated {
+    pub status: String,
+    pub timestamp: u64,
+}
+
+/// One entry of the offline-notification inbox (`notification` event, HTTP listing,
+/// webhook body): one per (user, room) while unread.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NotificationEntry {
+    pub id: String,
+    /// `new_message` or `private_message`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub room_id: String,
+    /// The newest message's content, its first 100 characters.
+    pub message: String,
+    pub sender: UserRef,
+    /// Messages since the entry opened.
+    pub count: u64,
+    pub timestamp: u64,
+    pub read: bool,
+}
+
+/// A user named by id and name only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
+    pub id: String,
+    pub username: String,
+}
+
+/// `read_marker`, to every device of the user.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadMarker {
+    pub room_id: String,
+    pub offset: u64,
 }
 
 /// `room_members`: one page of a room's members, ordered by user id.
@@ -186,20 +257,20 @@ pub struct TypingStatus {
     pub timestamp: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Recipient {
-    pub id: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// A durable message of a private conversation (room `dm:<a>:<b>`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PrivateMessage {
     pub id: String,
     pub sender: UserInfo,
-    pub recipient: Recipient,
+    /// The recipient's user id.
+    pub recipient: String,
     pub content: Value,
     #[serde(rename = "type")]
     pub kind: String,
     pub timestamp: u64,
+    pub room_id: String,
+    pub offset: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

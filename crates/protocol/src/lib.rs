@@ -38,6 +38,36 @@ pub fn personal_room(user_id: &str) -> String {
     format!("{PERSONAL_ROOM_PREFIX}{user_id}")
 }
 
+/// Prefix of private conversations (`dm:<a>:<b>`).
+pub const DM_ROOM_PREFIX: &str = "dm:";
+
+/// The room of the private conversation of users `a` and `b`: `dm:<a>:<b>` with the
+/// two ids in lexicographic order.
+pub fn dm_room(a: &str, b: &str) -> String {
+    let (first, second) = if a <= b { (a, b) } else { (b, a) };
+    format!("{DM_ROOM_PREFIX}{first}:{second}")
+}
+
+/// The other user of private conversation `room` if `user` is one of its two, else
+/// None (another's conversation, or not one at all). Ids with a `:` take no part in
+/// private conversations: `dm:a:b:c` could be a's with b:c or a:b's with c.
+pub fn dm_peer<'a>(room: &'a str, user: &str) -> Option<&'a str> {
+    let (first, second) = room.strip_prefix(DM_ROOM_PREFIX)?.split_once(':')?;
+    if user.contains(':') || second.contains(':') || first > second {
+        return None;
+    }
+    match (first == user, second == user) {
+        (true, _) => Some(second),
+        (_, true) => Some(first),
+        _ => None,
+    }
+}
+
+/// Whether `id` can be a user id: its personal room is a valid room id.
+pub fn is_valid_user_id(id: &str) -> bool {
+    !id.is_empty() && is_valid_room_id(&personal_room(id))
+}
+
 /// Prefix of personal rooms (`user:<id>`).
 pub const PERSONAL_ROOM_PREFIX: &str = "user:";
 
@@ -61,5 +91,21 @@ mod tests {
         assert!(!is_valid_room_id("has space"));
         assert!(!is_valid_room_id("slash/room"));
         assert!(!is_valid_room_id("é"));
+    }
+
+    #[test]
+    fn private_rooms() {
+        assert_eq!(dm_room("bob", "alice"), "dm:alice:bob");
+        assert_eq!(dm_peer("dm:alice:bob", "alice"), Some("bob"));
+        assert_eq!(dm_peer("dm:alice:bob", "bob"), Some("alice"));
+        assert_eq!(dm_peer("dm:alice:bob", "carol"), None);
+        assert_eq!(dm_peer("dm:bob:alice", "alice"), None, "ids in order only");
+        assert_eq!(dm_peer("general", "alice"), None);
+        // Ids with a colon take no part: the room would not say whose it is.
+        let room = dm_room("a:b", "c");
+        assert_eq!(dm_peer(&room, "a"), None);
+        assert_eq!(dm_peer(&room, "c"), None);
+        assert_eq!(dm_peer("dm:alice:alice", "alice"), Some("alice"));
+        assert!(is_valid_user_id("alice") && !is_valid_user_id("") && !is_valid_user_id("a b"));
     }
 }

@@ -45,6 +45,10 @@ pub enum Request {
     },
     History(HistoryQuery),
     RoomMembers(RoomMembersQuery),
+    MarkRead {
+        room_id: String,
+        offset: u64,
+    },
     Rtc(RtcSignal),
     /// A type the protocol does not define: for a registered custom handler.
     Custom {
@@ -107,6 +111,7 @@ pub struct SendPrivateMessage {
     pub recipient_id: String,
     pub content: Value,
     pub kind: String,
+    pub client_message_id: Option<String>,
 }
 
 /// `history`: the newest `limit` before `before`, the oldest `limit` after `since`,
@@ -182,6 +187,7 @@ struct Payload {
     epoch: Option<String>,
     client_message_id: Option<String>,
     cursor: Option<String>,
+    offset: Option<serde_json::Number>,
     before: Option<u64>,
     limit: Option<u32>,
     content: Option<Value>,
@@ -252,6 +258,7 @@ impl Request {
                 | "share_file"
                 | "history"
                 | "room_members"
+                | "mark_read"
                 | "rtc_offer"
                 | "rtc_answer"
                 | "rtc_ice_candidate"
@@ -320,18 +327,30 @@ impl Request {
                 if !has_content(&p.content) {
                     return Err(ErrorKind::RecipientIdAndContentRequired);
                 }
+                if let Some(id) = &p.client_message_id
+                    && !is_valid_client_message_id(id)
+                {
+                    return Err(ErrorKind::InvalidClientMessageId);
+                }
                 Request::SendPrivateMessage(SendPrivateMessage {
                     recipient_id,
                     content: p.content.unwrap_or_default(),
                     kind: non_empty(p.kind).unwrap_or_else(|| "text".into()),
+                    client_message_id: p.client_message_id,
                 })
             }
             "update_status" => Request::UpdateStatus {
                 status: p.status.unwrap_or_default(),
             },
+            "mark_read" => Request::MarkRead {
+                room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
+                offset: p.offset.and_then(|n| n.as_u64()).ok_or_else(|| {
+                    ErrorKind::InvalidPayload("offset is required: a non-negative integer".into())
+                })?,
+            },
             "share_file" => Request::ShareFile {
                 room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
-                file_id: p.file_id.unwrap_or_default(),
+                file_id: non_empty(p.file_id).ok_or(ErrorKind::FileNotFound)?,
             },
             "history" => {
                 let since = match p.since {

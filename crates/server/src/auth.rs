@@ -9,7 +9,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use switchboard_protocol::{PERSONAL_ROOM_PREFIX, SYSTEM_ROOM, UserInfo};
+use switchboard_protocol::{DM_ROOM_PREFIX, PERSONAL_ROOM_PREFIX, SYSTEM_ROOM, UserInfo, dm_peer};
 
 use crate::config::AuthConfig;
 
@@ -176,6 +176,10 @@ impl Verifier {
         if let Some(owner) = room.strip_prefix(PERSONAL_ROOM_PREFIX) {
             return owner == identity.user.id;
         }
+        // A private conversation is its two users' only.
+        if room.starts_with(DM_ROOM_PREFIX) {
+            return dm_peer(room, &identity.user.id).is_some();
+        }
         if !self.room_permissions || room == SYSTEM_ROOM {
             return true;
         }
@@ -327,6 +331,11 @@ mod tests {
         assert!(v.may_join(&id, "user:alice"));
         assert!(!v.may_join(&id, "user:bob"));
         assert!(v.may_join(&id, "system"));
+        assert!(
+            v.may_join(&id, "dm:alice:bob"),
+            "its own conversations, permissions or not"
+        );
+        assert!(!v.may_join(&id, "dm:bob:carol"));
     }
 
     #[test]

@@ -34,8 +34,52 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     pub store: StoreConfig,
     pub rooms: RoomsConfig,
+    pub presence: PresenceConfig,
+    pub files: FilesConfig,
+    pub notifications: NotificationsConfig,
     pub sse: SseConfig,
     pub ice: IceConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PresenceConfig {
+    /// Seconds a user stays online after its last device is gone: a device that comes
+    /// back within them causes no offline/online flap.
+    pub offline_grace_secs: u64,
+    /// Most contacts a user may list.
+    pub max_contacts: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Largest upload; larger is refused with 413.
+    pub max_bytes: u64,
+    /// Bytes of files one user may keep; an upload past it is refused with 413
+    /// `quota_exceeded`. 0 = no quota.
+    pub user_quota_bytes: u64,
+    /// Seconds an uploaded file that was never shared is kept.
+    pub orphan_ttl_secs: u64,
+    /// Seconds a signed file URL stays valid.
+    pub url_ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Rooms with more members than this do not notify offline members.
+    pub max_room_members: u32,
+    /// Where new notification entries are POSTed for push (FCM, APNs, Web Push);
+    /// none = no pushes.
+    pub webhook_url: Option<String>,
+    /// The HMAC-SHA256 key of the `X-Switchboard-Signature` header; required with a
+    /// webhook URL.
+    pub webhook_secret: Option<String>,
+    /// Attempts per push before it is given up.
+    pub webhook_max_attempts: u32,
+    /// Seconds one webhook request may take.
+    pub webhook_timeout_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -162,6 +206,9 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             store: StoreConfig::default(),
             rooms: RoomsConfig::default(),
+            presence: PresenceConfig::default(),
+            files: FilesConfig::default(),
+            notifications: NotificationsConfig::default(),
             sse: SseConfig::default(),
             ice: IceConfig {
                 turn_ttl_secs: 86400,
@@ -177,6 +224,38 @@ impl Default for SseConfig {
             ping_secs: 30,
             stats_interval_secs: 10,
             max_channels: 16,
+        }
+    }
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        PresenceConfig {
+            offline_grace_secs: 5,
+            max_contacts: 1000,
+        }
+    }
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        FilesConfig {
+            max_bytes: 25 * 1024 * 1024,
+            user_quota_bytes: 1024 * 1024 * 1024,
+            orphan_ttl_secs: 24 * 3600,
+            url_ttl_secs: 3600,
+        }
+    }
+}
+
+impl Default for NotificationsConfig {
+    fn default() -> Self {
+        NotificationsConfig {
+            max_room_members: 1000,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_max_attempts: 8,
+            webhook_timeout_secs: 10,
         }
     }
 }
@@ -453,6 +532,50 @@ const ENV: &[(&str, Setter)] = &[
         c.sse.max_channels = parse(v)?;
         Ok(())
     }),
+    ("SWITCHBOARD_PRESENCE_OFFLINE_GRACE_SECS", |c, v| {
+        c.presence.offline_grace_secs = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_MAX_CONTACTS", |c, v| {
+        c.presence.max_contacts = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_FILES_MAX_BYTES", |c, v| {
+        c.files.max_bytes = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_FILES_USER_QUOTA_BYTES", |c, v| {
+        c.files.user_quota_bytes = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_FILES_ORPHAN_TTL_SECS", |c, v| {
+        c.files.orphan_ttl_secs = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_FILES_URL_TTL_SECS", |c, v| {
+        c.files.url_ttl_secs = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_NOTIFICATIONS_MAX_ROOM_MEMBERS", |c, v| {
+        c.notifications.max_room_members = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_NOTIFICATIONS_WEBHOOK_URL", |c, v| {
+        c.notifications.webhook_url = some(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_NOTIFICATIONS_WEBHOOK_SECRET", |c, v| {
+        c.notifications.webhook_secret = some(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_NOTIFICATIONS_WEBHOOK_MAX_ATTEMPTS", |c, v| {
+        c.notifications.webhook_max_attempts = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_NOTIFICATIONS_WEBHOOK_TIMEOUT_SECS", |c, v| {
+        c.notifications.webhook_timeout_secs = parse(v)?;
+        Ok(())
+    }),
 ];
 
 /// The names of every environment variable the config reads.
@@ -560,6 +683,36 @@ impl Config {
         if !(1..=1000).contains(&self.rooms.join_list_limit) {
             return bad("rooms.join_list_limit must be between 1 and 1000".into());
         }
+        if let Some(url) = &self.notifications.webhook_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return bad(format!(
+                    "notifications.webhook_url {url:?} must be an http:// or https:// URL"
+                ));
+            }
+            if self
+                .notifications
+                .webhook_secret
+                .as_deref()
+                .is_none_or(str::is_empty)
+            {
+                return bad(
+                    "notifications.webhook_url needs notifications.webhook_secret \
+                     (SWITCHBOARD_NOTIFICATIONS_WEBHOOK_SECRET) to sign the pushes"
+                        .into(),
+                );
+            }
+        }
+        if self.notifications.webhook_max_attempts == 0
+            || self.notifications.webhook_timeout_secs == 0
+        {
+            return bad(
+                "notifications.webhook_max_attempts and webhook_timeout_secs must be positive"
+                    .into(),
+            );
+        }
+        if self.files.max_bytes == 0 || self.files.url_ttl_secs == 0 {
+            return bad("files.max_bytes and files.url_ttl_secs must be positive".into());
+        }
         if self.sse.max_channels == 0 {
             return bad("sse.max_channels must be positive".into());
         }
@@ -593,6 +746,7 @@ impl Config {
         mask(&mut shown.api_key);
         mask(&mut shown.auth.jwt_secret);
         mask(&mut shown.ice.turn_secret);
+        mask(&mut shown.notifications.webhook_secret);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
     }
 }

@@ -30,6 +30,7 @@ pub mod error;
 mod http;
 pub mod hub;
 pub mod metrics;
+pub mod notify;
 pub mod position;
 pub mod presence;
 pub mod store;
@@ -202,6 +203,14 @@ impl Server {
                     std::future::ready(())
                 }
             }),
+            match notify::Pusher::new(
+                &app.config.notifications,
+                hub.store().clone(),
+                hub.pushes_due(),
+            ) {
+                Some(pusher) => tokio::spawn(pusher.run()),
+                None => tokio::spawn(std::future::ready(())),
+            },
         ];
         let (started, drain_started) = tokio::sync::oneshot::channel();
         let draining = {

@@ -237,14 +237,17 @@ async fn private_messages_reach_all_devices() {
         .send(json!({"type": "send_private_message", "ref": 3,
             "data": {"recipientId": "bob", "content": "psst"}}))
         .await;
-    let ack = alice_phone.expect("ack").await;
+    let ack = alice_phone.next_of("ack").await;
     assert_eq!(ack["ref"], 3);
+    assert_eq!(ack["data"]["offset"], 1, "a private message is durable");
     for c in [&mut bob_a, &mut bob_b, &mut alice_laptop] {
-        let pm = c.expect("private_message").await;
+        let pm = c.next_of("private_message").await;
         assert_eq!(pm["data"]["sender"]["id"], "alice");
-        assert_eq!(pm["data"]["recipient"]["id"], "bob");
+        assert_eq!(pm["data"]["recipient"], "bob");
         assert_eq!(pm["data"]["content"], "psst");
         assert_eq!(pm["data"]["type"], "text");
+        assert_eq!(pm["data"]["roomId"], "dm:alice:bob");
+        assert_eq!(pm["data"]["offset"], 1);
         assert_eq!(pm["data"]["id"], ack["data"]["id"]);
     }
     alice_phone.expect_silence(150).await;
@@ -401,22 +404,6 @@ async fn custom_handlers_reply_and_publish() {
         .expect_error("Unknown message type: no_such_thing")
         .await;
     assert_eq!(e["ref"], 5);
-}
-
-#[tokio::test]
-async fn user_layer_types_say_not_yet_supported() {
-    let srv = TestServer::start().await;
-    let mut alice = srv.member("alice", "general").await;
-    alice
-        .request("update_status", json!({"status": "away"}))
-        .await;
-    alice
-        .expect_error("update_status is not yet supported")
-        .await;
-    alice
-        .request("share_file", json!({"roomId": "general", "fileId": "f"}))
-        .await;
-    alice.expect_error("share_file is not yet supported").await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ pub mod native;
 pub mod sse;
 
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -97,6 +97,9 @@ pub struct Event {
     kind: Cow<'static, str>,
     data: Frame,
     position: Option<Position>,
+    /// The room whose history `position` belongs to, when the event is delivered to
+    /// another (a private message reaches its users' personal rooms).
+    history_room: Option<Arc<str>>,
     encoded: [OnceLock<Frame>; FORMATS],
 }
 
@@ -117,8 +120,19 @@ impl Event {
             kind: kind.into(),
             data,
             position,
+            history_room: None,
             encoded: Default::default(),
         }
+    }
+
+    /// The same event, its position being one of `room`'s history.
+    pub fn in_history_of(mut self, room: Arc<str>) -> Event {
+        self.history_room = Some(room);
+        self
+    }
+
+    pub fn history_room(&self) -> Option<&Arc<str>> {
+        self.history_room.as_ref()
     }
 
     pub fn kind(&self) -> &str {

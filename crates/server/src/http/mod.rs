@@ -6,6 +6,7 @@ pub mod listener;
 mod ops;
 mod server_api;
 mod user_api;
+mod users_api;
 
 use std::sync::OnceLock;
 
@@ -70,8 +71,14 @@ pub fn router(app: App) -> axum::Router {
         .routes(routes!(server_api::notify))
         .routes(routes!(server_api::publish))
         .routes(routes!(server_api::disconnect_user))
+        .routes(routes!(server_api::set_contacts))
         .routes(routes!(user_api::messages))
         .routes(routes!(user_api::ice_servers))
+        .routes(routes!(users_api::user))
+        .routes(routes!(users_api::my_contacts))
+        .routes(routes!(users_api::my_rooms))
+        .routes(routes!(users_api::notifications))
+        .routes(routes!(users_api::read_notifications))
         .routes(routes!(openapi))
         .split_for_parts();
     // The same code makes the same document: the first server's serves them all.

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchboard_protocol::{
     CloseCode, Notification, SystemMessage, UserInfo, is_valid_client_message_id, is_valid_room_id,
-    now_millis, personal_room,
+    is_valid_user_id, now_millis, personal_room,
 };
 use utoipa::ToSchema;
 
@@ -19,7 +19,7 @@ use super::{RoomPath, room_param};
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
 use crate::hub::{Stats, Wire};
-use crate::store::{DedupeKey, Draft};
+use crate::store::{DedupeKey, Draft, WriteOp};
 
 /// The idempotency scope of the server API's publishes.
 const API_SCOPE: &str = "api";
@@ -334,6 +334,8 @@ pub async fn publish(
         metadata,
         timestamp: now_millis(),
         dedupe,
+        recipient: None,
+        origin: None,
     };
     let committed = app.hub.publish_durable(draft).await.map_err(|e| {
         tracing::error!(error = %e, "publish failed");
@@ -350,6 +352,56 @@ pub async fn publish(
         epoch: committed.position.epoch.to_string(),
         duplicate: committed.duplicate,
     }))
+}
+
+#[derive(Deserialize, ToSchema)]
+pub struct ContactsRequest {
+    /// User ids, each 1-123 characters of `A-Za-z0-9_-.:@`; at most
+    /// `presence.max_contacts`.
+    contacts: Vec<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ContactsSet {
+    contacts: usize,
+}
+
+/// Replaces the user's contact list: the users its status changes go to, and whose
+/// status it sees in `GET /api/users/me/contacts`.
+#[utoipa::path(put, path = "/api/users/{id}/contacts", tag = "server",
+    security(("api_key" = [])), request_body = ContactsRequest,
+    params(("id" = String, Path, description = "user id")),
+    responses((status = 200, body = ContactsSet), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+pub async fn set_contacts(
+    _: ApiKey,
+    State(app): State<App>,
+    Path(id): Path<String>,
+    body: Result<Json<ContactsRequest>, JsonRejection>,
+) -> Result<Json<ContactsSet>, ApiError> {
+    if !is_valid_user_id(&id) {
+        return Err(ApiError::bad_request("invalid user id"));
+    }
+    let Json(req) = body?;
+    let max = app.config.presence.max_contacts;
+    if req.contacts.len() > max {
+        return Err(ApiError::bad_request(format!("at most {max} contacts")));
+    }
+    if let Some(bad) = req.contacts.iter().find(|c| !is_valid_user_id(c)) {
+        return Err(ApiError::bad_request(format!("invalid contact id {bad:?}")));
+    }
+    let mut contacts = req.contacts;
+    contacts.sort();
+    contacts.dedup();
+    let n = contacts.len();
+    app.hub
+        .store()
+        .write(WriteOp::ReplaceContacts { user: id, contacts })
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "storing contacts failed");
+            ApiError::unavailable("unavailable", "the store is unavailable")
+        })?;
+    Ok(Json(ContactsSet { contacts: n }))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -40,7 +40,7 @@ pub struct MessagesResponse {
     truncated: bool,
 }
 
-/// A room's history, for a user with a connection in the room.
+/// A room's history, for a member of the room or a user with a connection in it.
 #[utoipa::path(get, path = "/api/rooms/{room}/messages", tag = "user",
     security(("bearer" = [])),
     params(RoomPath, MessagesQuery),
@@ -61,7 +61,16 @@ pub async fn messages(
         .map_err(|e| {
             tracing::error!(error = %e, "presence failed");
             ApiError::internal()
-        })?;
+        })?
+        || hub
+            .store()
+            .membership(&room, &identity.user.id)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading a membership failed");
+                ApiError::internal()
+            })?
+            .is_some();
     if !hub.verifier().may_join(&identity, &room) || !member {
         return Err(ApiError::forbidden(
             "Not in room: connect and join it first",

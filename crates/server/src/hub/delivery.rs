@@ -13,11 +13,16 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 
+use std::sync::Weak;
+
+use switchboard_protocol::personal_room;
+
 use super::rooms::RoomIndex;
-use crate::broker::{Broker, Envelope, Sink};
+use super::{Hub, Inner};
+use crate::broker::{Envelope, Sink};
 use crate::encode::Event;
 use crate::metrics::Metrics;
-use crate::store::Commit;
+use crate::store::{Commit, Committed};
 
 /// Envelopes waiting for one worker.
 const QUEUE: usize = 4096;
@@ -74,28 +79,62 @@ async fn work(mut queue: mpsc::Receiver<Envelope>, rooms: Arc<RoomIndex>, metric
 
 /// Publishes each committed message, in commit order, then tells its sender (the
 /// `ack`). A duplicate was published the first time and is only answered.
-pub(super) async fn publish_commits(
-    mut commits: mpsc::Receiver<Vec<Commit>>,
-    broker: Arc<dyn Broker>,
-) {
+pub(super) async fn publish_commits(mut commits: mpsc::Receiver<Vec<Commit>>, hub: Weak<Inner>) {
     while let Some(batch) = commits.recv().await {
+        let Some(inner) = hub.upgrade() else {
+            return;
+        };
+        let hub = Hub { inner };
         for Commit { result, done } in batch {
             if let Ok(c) = &result
                 && !c.duplicate
             {
-                let event = Event::raw("new_message", c.payload.clone(), Some(c.position.clone()));
-                let env = Envelope {
-                    room: c.room.clone(),
-                    event: Arc::new(event),
-                    exclude: None,
-                };
-                // Durable already: a broker failure loses live delivery, not the message
-                // (members recover it by offset), so the sender still hears it is stored.
-                if let Err(e) = broker.publish(env).await {
-                    tracing::error!(error = %e, room = %c.room, "publishing a stored message failed");
+                for env in envelopes(c) {
+                    // Durable already: a broker failure loses live delivery, not the
+                    // message (members recover it by offset), so the sender still hears
+                    // it is stored.
+                    if let Err(e) = hub.broker().publish(env).await {
+                        tracing::error!(error = %e, room = %c.room, "publishing a stored message failed");
+                    }
                 }
+                hub.notify_offline(c).await;
             }
             done.complete(result);
         }
     }
+}
+
+/// Where a stored message goes: a room message to its room; a private message, as
+/// `private_message` with the position of its `dm:` room, to the recipient's devices
+/// and the sender's other devices (their personal rooms).
+fn envelopes(c: &Committed) -> Vec<Envelope> {
+    let Some(route) = &c.private else {
+        let event = Event::raw("new_message", c.payload.clone(), Some(c.position.clone()));
+        return vec![Envelope {
+            room: c.room.clone(),
+            event: Arc::new(event),
+            exclude: None,
+        }];
+    };
+    let event = Arc::new(
+        Event::raw(
+            "private_message",
+            c.payload.clone(),
+            Some(c.position.clone()),
+        )
+        .in_history_of(c.room.clone()),
+    );
+    let mut out = vec![Envelope {
+        room: personal_room(&route.sender).into(),
+        event: event.clone(),
+        exclude: route.origin.clone(),
+    }];
+    if route.recipient != route.sender {
+        out.push(Envelope {
+            room: personal_room(&route.recipient).into(),
+            event,
+            exclude: None,
+        });
+    }
+    out
 }

@@ -9,9 +9,11 @@
 
 mod cmd;
 mod delivery;
+mod inbox;
 mod ratelimit;
 mod rooms;
 mod session;
+mod users;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,9 +32,11 @@ use switchboard_protocol::{
 use tokio::sync::mpsc;
 
 pub use cmd::{Announce, HandlerContext, JoinOptions, Joined, MessageHandler};
+pub use inbox::entry as notification_entry;
 pub use ratelimit::{RateLimiter, Verdict};
 pub use rooms::{LocalRoom, RoomIndex};
 pub use session::{OutboxLimits, Outgoing, Session, Wire};
+pub use users::{STATUSES, visible_status};
 
 use crate::auth::{AuthError, Identity, Verifier};
 use crate::broker::{Broker, Envelope};
@@ -63,6 +67,12 @@ pub struct HubSettings {
     pub join_list_limit: usize,
     pub announce_max_members: u64,
     pub ping_timeout_secs: u64,
+    pub offline_grace_secs: u64,
+    pub max_contacts: usize,
+    /// Rooms with more members do not notify offline ones.
+    pub notify_max_members: u32,
+    /// Whether new notification entries are queued for the webhook.
+    pub push: bool,
 }
 
 impl HubSettings {
@@ -83,6 +93,10 @@ impl HubSettings {
             join_list_limit: cfg.rooms.join_list_limit,
             announce_max_members: cfg.rooms.announce_max_members,
             ping_timeout_secs: cfg.ws.ping_timeout_secs,
+            offline_grace_secs: cfg.presence.offline_grace_secs,
+            max_contacts: cfg.presence.max_contacts,
+            notify_max_members: cfg.notifications.max_room_members,
+            push: cfg.notifications.webhook_url.is_some(),
         }
     }
 }
@@ -141,6 +155,10 @@ struct Inner {
     next_session: AtomicU64,
     started: Instant,
     draining: AtomicBool,
+    leaving: users::Leaving,
+    settled: inbox::Settled,
+    /// Wakes the webhook pusher when entries with a push were opened.
+    pushes_due: Arc<tokio::sync::Notify>,
 }
 
 /// A registered session. Dropping it (the connection ended, its task was cancelled or
@@ -173,8 +191,7 @@ impl Hub {
         let rooms = Arc::new(RoomIndex::default());
         let fanout = delivery::Fanout::start(rooms.clone(), parts.metrics.clone());
         parts.broker.start(Arc::new(fanout));
-        tokio::spawn(delivery::publish_commits(commits, parts.broker.clone()));
-        Hub {
+        let hub = Hub {
             inner: Arc::new(Inner {
                 settings: parts.settings,
                 verifier: parts.verifier,
@@ -192,8 +209,17 @@ impl Hub {
                 next_session: AtomicU64::new(1),
                 started: Instant::now(),
                 draining: AtomicBool::new(false),
+                leaving: users::Leaving::default(),
+                settled: inbox::Settled::default(),
+                pushes_due: Arc::new(tokio::sync::Notify::new()),
             }),
-        }
+        };
+        // The publisher holds the hub weakly: it ends when the hub is dropped.
+        tokio::spawn(delivery::publish_commits(
+            commits,
+            Arc::downgrade(&hub.inner),
+        ));
+        hub
     }
 
     pub fn settings(&self) -> &HubSettings {
@@ -214,6 +240,11 @@ impl Hub {
 
     pub fn verifier(&self) -> &Verifier {
         &self.inner.verifier
+    }
+
+    /// Notified whenever entries with a webhook push were queued.
+    pub fn pushes_due(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.pushes_due.clone()
     }
 
     fn broker(&self) -> &Arc<dyn Broker> {
@@ -321,6 +352,7 @@ impl Hub {
                 .map_err(|_| ConnectError::Broker)?;
             self.rooms().insert(&personal, &session);
         }
+        self.device_arrived(&session, devices);
         // A drain that began while this one registered may not have seen it.
         if self.is_draining() {
             session.close(CloseCode::GoingAway);
@@ -359,6 +391,7 @@ impl Hub {
             }
         }
         presence.disconnect(session.device());
+        self.device_left(session);
         if !session.wire.participates() || rooms.is_empty() {
             return;
         }

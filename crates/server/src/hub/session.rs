@@ -116,6 +116,8 @@ pub struct Session {
     /// A request of this connection is in progress: the server is the one to wait
     /// for, so liveness does not count the time against the client.
     busy: AtomicBool,
+    /// Its user's other devices were told it arrived (so they may hear it leave).
+    pub(super) arrived: AtomicBool,
     pub(super) rate: Mutex<RateLimiter>,
 }
 
@@ -141,6 +143,7 @@ impl Session {
             limits,
             last_seen: AtomicU64::new(now_secs),
             busy: AtomicBool::new(false),
+            arrived: AtomicBool::new(false),
             rate: Mutex::new(rate),
         }
     }
@@ -187,7 +190,9 @@ impl Session {
     /// Queues a room event (its encoding in this session's format must be prepared),
     /// skipping a durable one this session already got by replay.
     pub fn push_event(&self, room: &Arc<str>, event: &Event) -> bool {
-        self.push_room_frame(room, event.position(), event.frame(self.format).clone())
+        // A private message reaches a personal room but is a position of its `dm:` room.
+        let history = event.history_room().unwrap_or(room);
+        self.push_room_frame(history, event.position(), event.frame(self.format).clone())
     }
 
     /// Queues an event of `room` (durable if it has a position) in the form this

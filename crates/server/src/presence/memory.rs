@@ -191,6 +191,7 @@ impl Presence for MemoryPresence {
                 avatar: u.info.avatar.clone(),
                 status: "online".into(),
                 joined_at: u.joined_at,
+                last_seen: None,
             });
         }
         let next_cursor = more.then(|| members.last().map(|m| m.id.clone())).flatten();

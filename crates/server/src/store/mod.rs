@@ -7,7 +7,9 @@
 //! acknowledges it: delivery order equals offset order, and the store never calls the
 //! broker. The trait assumes nothing of SQLite: PostgreSQL implements it the same way.
 
+mod records;
 mod sqlite;
+mod users;
 
 use std::sync::Arc;
 
@@ -17,6 +19,10 @@ use serde_json::Value;
 use switchboard_protocol::{HistoryRange, UserInfo};
 
 pub use sqlite::{SqliteOptions, SqliteStore};
+pub use users::{
+    FileRecord, MemberRecord, NewEntry, NotificationRecord, PushRecord, UserRecord, UserStore,
+    WriteOp, WriteOutcome,
+};
 
 use crate::encode::Frame;
 use crate::position::Position;
@@ -34,6 +40,39 @@ pub struct Draft {
     /// A repeat of the same key within the dedupe window is not stored again: its
     /// outcome is the original's, marked duplicate.
     pub dedupe: Option<DedupeKey>,
+    /// A private message's recipient: the stored payload is then a
+    /// `private_message`, else a `new_message`.
+    pub recipient: Option<String>,
+    /// The connection that sent it, if any.
+    pub origin: Option<Arc<str>>,
+}
+
+impl Draft {
+    /// The stored payload, once the message has its offset.
+    pub fn payload(&self, offset: u64) -> serde_json::Result<String> {
+        match &self.recipient {
+            None => serde_json::to_string(&switchboard_protocol::NewMessage {
+                id: self.id.clone(),
+                room_id: self.room.to_string(),
+                sender: self.sender.clone(),
+                content: self.content.clone(),
+                kind: self.kind.clone(),
+                metadata: self.metadata.clone(),
+                timestamp: self.timestamp,
+                offset,
+            }),
+            Some(recipient) => serde_json::to_string(&switchboard_protocol::PrivateMessage {
+                id: self.id.clone(),
+                sender: self.sender.clone(),
+                recipient: recipient.clone(),
+                content: self.content.clone(),
+                kind: self.kind.clone(),
+                timestamp: self.timestamp,
+                room_id: self.room.to_string(),
+                offset,
+            }),
+        }
+    }
 }
 
 /// Who sent a message (`scope`: a user, or the server API) and the id it gave it.
@@ -54,6 +93,17 @@ pub struct Committed {
     /// A repeat of an earlier send: nothing was stored, `id` and `position` are the
     /// original's.
     pub duplicate: bool,
+    /// For a private message: who sent it to whom, from which connection.
+    pub private: Option<PrivateRoute>,
+}
+
+/// Where a private message goes once stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrivateRoute {
+    pub sender: String,
+    pub recipient: String,
+    /// The sending connection, which already knows.
+    pub origin: Option<Arc<str>>,
 }
 
 /// What the sender of a draft is told: called exactly once, with the outcome, or with
@@ -140,7 +190,7 @@ pub enum StoreError {
     Rejected(String),
 }
 
-pub trait Store: Send + Sync + 'static {
+pub trait Store: UserStore + Send + Sync + 'static {
     /// Queues `draft`; waits only while the writer's queue is full. Its outcome goes to
     /// the commit log with `done`; a store that is closed drops `done`, which answers
     /// [`StoreError::Closed`].

@@ -21,12 +21,12 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{Connection, QueryBuilder, Row, SqlStr, Sqlite};
-use switchboard_protocol::{HistoryRange, NewMessage, now_millis};
+use switchboard_protocol::{HistoryRange, now_millis};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Commit, CommitLog, Committed, Completion, DedupeKey, Draft, Gap, Page, Store, StoreError,
-    StoreStats, StoredMessage,
+    Commit, CommitLog, Committed, Completion, DedupeKey, Draft, Gap, Page, PrivateRoute, Store,
+    StoreError, StoreStats, StoredMessage, WriteOp, WriteOutcome,
 };
 use crate::metrics::Metrics;
 use crate::position::{Position, new_epoch};
@@ -53,6 +53,8 @@ pub struct SqliteOptions {
     pub dedupe_window: Duration,
 }
 
+mod users;
+
 fn migrator() -> Migrator {
     let migration = |version, description: &'static str, sql: &'static str| {
         Migration::new(
@@ -74,6 +76,7 @@ fn migrator() -> Migrator {
             "positions",
             include_str!("migrations/sqlite/0002_positions.sql"),
         ),
+        migration(3, "users", include_str!("migrations/sqlite/0003_users.sql")),
     ])
 }
 
@@ -81,7 +84,28 @@ fn migrator() -> Migrator {
 #[allow(clippy::large_enum_variant)]
 enum Job {
     Append(Draft, Completion),
+    Write(WriteOp, Reply),
     Close(oneshot::Sender<()>),
+}
+
+/// Where a write's outcome goes; dropped unanswered, it reads as `Closed`.
+type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+
+/// One item of a batch, and who hears how it went.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Append(Draft),
+    Write(WriteOp),
+}
+
+enum Waiter {
+    Append(Completion),
+    Write(Reply),
+}
+
+enum Outcome {
+    Message(Committed),
+    Write(WriteOutcome),
 }
 
 pub struct SqliteStore {
@@ -429,7 +453,8 @@ impl Writer {
             let mut closing = None;
             for job in jobs_buf.drain(..) {
                 match job {
-                    Job::Append(d, done) => batch.push((d, done)),
+                    Job::Append(d, done) => batch.push((Work::Append(d), Waiter::Append(done))),
+                    Job::Write(op, reply) => batch.push((Work::Write(op), Waiter::Write(reply))),
                     Job::Close(tx) => closing = Some(tx),
                 }
             }
@@ -454,24 +479,25 @@ impl Writer {
         }
     }
 
-    /// Commits `batch` in one transaction. If that fails, each draft is tried on its
-    /// own, so one bad row does not fail the messages it was batched with.
-    async fn commit(&mut self, batch: &mut Vec<(Draft, Completion)>) -> Vec<Commit> {
-        let (drafts, dones): (Vec<Draft>, Vec<Completion>) = batch.drain(..).unzip();
+    /// Commits `batch` in one transaction. If that fails, each item is tried on its
+    /// own, so one bad row does not fail the messages it was batched with. Writes are
+    /// answered at once; messages' outcomes go back for the commit log, in order.
+    async fn commit(&mut self, batch: &mut Vec<(Work, Waiter)>) -> Vec<Commit> {
+        let (work, waiters): (Vec<Work>, Vec<Waiter>) = batch.drain(..).unzip();
         let started = Instant::now();
-        let written = self.write(&drafts).await;
+        let written = self.write(&work).await;
         self.metrics
             .store_commit_latency
             .record(started.elapsed().as_secs_f64());
-        let results: Vec<Result<Committed, StoreError>> = match written {
-            Ok(committed) => committed.into_iter().map(Ok).collect(),
-            Err(e) if drafts.len() == 1 => vec![Err(e)],
+        let results: Vec<Result<Outcome, StoreError>> = match written {
+            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
+            Err(e) if work.len() == 1 => vec![Err(e)],
             Err(e) => {
-                tracing::warn!(error = %e, messages = drafts.len(), "batch failed; committing its messages one by one");
-                let mut results = Vec::with_capacity(drafts.len());
-                for d in &drafts {
+                tracing::warn!(error = %e, items = work.len(), "batch failed; committing its items one by one");
+                let mut results = Vec::with_capacity(work.len());
+                for w in &work {
                     results.push(
-                        self.write(std::slice::from_ref(d))
+                        self.write(std::slice::from_ref(w))
                             .await
                             .map(|mut c| c.remove(0)),
                     );
@@ -481,7 +507,7 @@ impl Writer {
         };
         let stored = results
             .iter()
-            .filter(|r| r.as_ref().is_ok_and(|c| !c.duplicate))
+            .filter(|r| matches!(r, Ok(Outcome::Message(c)) if !c.duplicate))
             .count();
         if stored > 0 {
             self.metrics.store_batch_size.record(stored as f64);
@@ -490,32 +516,58 @@ impl Writer {
                 .messages
                 .fetch_add(stored as u64, Ordering::Relaxed);
         }
-        for r in &results {
-            if let Err(e) = r {
-                tracing::error!(error = %e, "message not stored");
+        let mut commits = Vec::with_capacity(results.len());
+        for (result, waiter) in results.into_iter().zip(waiters) {
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "store write failed");
+            }
+            match waiter {
+                Waiter::Append(done) => {
+                    let result = result.and_then(|o| match o {
+                        Outcome::Message(c) => Ok(c),
+                        Outcome::Write(_) => Err(StoreError::Rejected("mismatched outcome".into())),
+                    });
+                    commits.push(Commit { result, done });
+                }
+                Waiter::Write(reply) => {
+                    let result = result.and_then(|o| match o {
+                        Outcome::Write(w) => Ok(w),
+                        Outcome::Message(_) => {
+                            Err(StoreError::Rejected("mismatched outcome".into()))
+                        }
+                    });
+                    let _ = reply.send(result);
+                }
             }
         }
-        results
-            .into_iter()
-            .zip(dones)
-            .map(|(result, done)| Commit { result, done })
-            .collect()
+        commits
     }
 
-    /// Writes `drafts` in one transaction: the new ones get the next offsets of their
-    /// rooms, repeats of a recent idempotency key get the original's outcome.
-    async fn write(&mut self, drafts: &[Draft]) -> Result<Vec<Committed>, StoreError> {
+    /// Writes `work` in one transaction, in order: a message gets the next offset of
+    /// its room (a repeat of a recent idempotency key gets the original's outcome), a
+    /// user-layer write is applied.
+    async fn write(&mut self, work: &[Work]) -> Result<Vec<Outcome>, StoreError> {
         let mut tx = self.conn.begin().await.map_err(unavailable)?;
         let now = now_millis();
-        let mut out = Vec::with_capacity(drafts.len());
-        let mut rows = Vec::with_capacity(drafts.len());
+        let mut out: Vec<Outcome> = Vec::with_capacity(work.len());
+        let mut rows = Vec::with_capacity(work.len());
         let mut keys: Vec<(&DedupeKey, usize)> = Vec::new();
         let mut next: HashMap<Arc<str>, u64> = HashMap::new();
-        for d in drafts {
+        for w in work {
+            let d = match w {
+                Work::Append(d) => d,
+                Work::Write(op) => {
+                    out.push(Outcome::Write(users::apply(&mut tx, op).await?));
+                    continue;
+                }
+            };
             if let Some(key) = &d.dedupe {
                 if let Some(&(_, i)) = keys.iter().find(|(k, _)| *k == key) {
-                    let original: &Committed = &out[i];
-                    out.push(duplicate_of(original));
+                    let Outcome::Message(original) = &out[i] else {
+                        unreachable!("keys index messages")
+                    };
+                    let duplicate = duplicate_of(original);
+                    out.push(Outcome::Message(duplicate));
                     continue;
                 }
                 let earlier =
@@ -528,7 +580,7 @@ impl Writer {
                 if let Some(row) = earlier {
                     let ts = row.get::<i64, _>(3) as u64;
                     if ts.saturating_add(self.dedupe_window_ms) >= now {
-                        out.push(Committed {
+                        out.push(Outcome::Message(Committed {
                             id: row.get(1),
                             room: row.get::<String, _>(0).into(),
                             position: Position::new(
@@ -537,7 +589,8 @@ impl Writer {
                             ),
                             payload: Default::default(),
                             duplicate: true,
-                        });
+                            private: None,
+                        }));
                         continue;
                     }
                 }
@@ -558,25 +611,21 @@ impl Writer {
             };
             let offset = last + 1;
             next.insert(d.room.clone(), offset);
-            let msg = NewMessage {
-                id: d.id.clone(),
-                room_id: d.room.to_string(),
-                sender: d.sender.clone(),
-                content: d.content.clone(),
-                kind: d.kind.clone(),
-                metadata: d.metadata.clone(),
-                timestamp: d.timestamp,
-                offset,
-            };
-            let data = serde_json::to_string(&msg)
+            let data = d
+                .payload(offset)
                 .map_err(|e| StoreError::Rejected(format!("encode: {e}")))?;
-            out.push(Committed {
+            out.push(Outcome::Message(Committed {
                 id: d.id.clone(),
                 room: d.room.clone(),
                 position: Position::new(offset, self.epoch.clone()),
                 payload: data.clone().into(),
                 duplicate: false,
-            });
+                private: d.recipient.as_ref().map(|recipient| PrivateRoute {
+                    sender: d.sender.id.clone(),
+                    recipient: recipient.clone(),
+                    origin: d.origin.clone(),
+                }),
+            }));
             rows.push(Row_ {
                 room: d.room.clone(),
                 offset,
@@ -607,7 +656,9 @@ impl Writer {
             q.build().execute(&mut *tx).await.map_err(classify)?;
         }
         for (key, i) in &keys {
-            let c = &out[*i];
+            let Outcome::Message(c) = &out[*i] else {
+                unreachable!("keys index messages")
+            };
             sqlx::query(
                 "INSERT OR REPLACE INTO dedupe (scope, key, room, id, seq, ts) \
                  VALUES (?, ?, ?, ?, ?, ?)",
@@ -665,5 +716,6 @@ fn duplicate_of(original: &Committed) -> Committed {
         position: original.position.clone(),
         payload: Default::default(),
         duplicate: true,
+        private: None,
     }
 }

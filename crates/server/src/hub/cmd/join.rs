@@ -8,7 +8,7 @@
 //! 1. pending in the room index: from here on the room's live events are buffered for
 //!    the joiner;
 //! 2. the broker subscription (resolves once the room's traffic reaches this node);
-//! 3. presence;
+//! 3. presence, and the user's durable membership of the room;
 //! 4. the room's head, `{offset, epoch}`, from the store;
 //! 5. with `since`: whether the gap can be replayed (same epoch, not beyond the head,
 //!    within the count and byte bounds);
@@ -27,8 +27,8 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use switchboard_protocol::{
-    ErrorKind, JoinRoom, Peer, Ref, RoomJoined, RoomMembership, UserInfo, UserJoined,
-    is_valid_room_id, now_millis, personal_room,
+    DM_ROOM_PREFIX, ErrorKind, JoinRoom, Peer, Ref, RoomJoined, RoomMembership, SYSTEM_ROOM,
+    UserInfo, UserJoined, is_valid_room_id, now_millis, personal_room,
 };
 
 use super::{internal, leave, store_error};
@@ -36,6 +36,7 @@ use crate::encode::{Event, Frame, encode, reply};
 use crate::hub::{Hub, Session};
 use crate::position::Position;
 use crate::presence::RoomCounts;
+use crate::store::{WriteOp, WriteOutcome};
 
 /// How the room hears about a join.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,9 +151,10 @@ pub(super) async fn run(
         });
     }
     if j.exclusive {
+        // Moving on ends the subscriptions, not the memberships.
         for other in session.rooms() {
             if other != room {
-                leave::leave(hub, session, &other).await;
+                leave::leave(hub, session, &other, false).await;
             }
         }
     }
@@ -177,6 +179,10 @@ pub(super) async fn run(
     } else {
         None
     };
+    // A member from now on, before it hears it joined: what it does next may need it.
+    if participant && &*room != SYSTEM_ROOM {
+        remember_member(hub, session, &room).await?;
+    }
     let head = hub
         .head(&room)
         .await
@@ -221,6 +227,24 @@ pub(super) async fn run(
     })
 }
 
+/// Records that the user is a member of `room` (a disconnect does not end that; only
+/// `leave_room` does). A new member may be owed notification entries later.
+async fn remember_member(hub: &Hub, session: &Session, room: &str) -> Result<(), ErrorKind> {
+    let added = hub
+        .store()
+        .write(WriteOp::AddMember {
+            room: room.to_string(),
+            user: session.user().id.clone(),
+            at: now_millis(),
+        })
+        .await
+        .map_err(|e| store_error("storing a membership", e))?;
+    if added == WriteOutcome::Changed(true) {
+        hub.inner.settled.unsettle(room);
+    }
+    Ok(())
+}
+
 /// Whether the messages after `since` can be replayed now.
 async fn recoverable(
     hub: &Hub,
@@ -257,11 +281,16 @@ async fn replay(
     head: &Position,
 ) -> Result<usize, ErrorKind> {
     let mut rows = hub.store().replay(room, since, head.offset);
+    let kind = if room.starts_with(DM_ROOM_PREFIX) {
+        "private_message"
+    } else {
+        "new_message"
+    };
     let mut bytes = 0;
     while let Some(message) = rows.next().await {
         let message = message.map_err(|e| store_error("recovery read", e))?;
         bytes += message.data.len();
-        let frame = encode(session.format, "new_message", &message.data);
+        let frame = encode(session.format, kind, &message.data);
         let position = Position::new(message.offset, head.epoch.clone());
         if !session.push_room_frame(room, Some(&position), frame) {
             // Closing (its outbox overflowed): the rest would go nowhere.

@@ -7,6 +7,7 @@ use switchboard_protocol::{ErrorKind, Ref, RoomLeft, RoomMembership, now_millis}
 
 use crate::encode::Event;
 use crate::hub::{Hub, Session};
+use crate::store::WriteOp;
 
 pub(super) async fn run(
     hub: &Hub,
@@ -14,7 +15,7 @@ pub(super) async fn run(
     room_id: &str,
     r: Option<&Ref>,
 ) -> Result<(), ErrorKind> {
-    if !leave(hub, session, &room_id.into()).await {
+    if !leave(hub, session, &room_id.into(), true).await {
         return Err(ErrorKind::NotInRoom);
     }
     let left = RoomLeft {
@@ -26,10 +27,17 @@ pub(super) async fn run(
 }
 
 /// Ends `session`'s subscription of `room` and tells the others (an exclusive join
-/// leaves this way too). False if it was not in the room.
-pub(super) async fn leave(hub: &Hub, session: &Session, room: &Arc<str>) -> bool {
+/// leaves this way too); with `forget`, the user's membership ends as well. False if it
+/// was not in the room.
+pub(super) async fn leave(hub: &Hub, session: &Session, room: &Arc<str>, forget: bool) -> bool {
     if !session.remove_room(room) {
         return false;
+    }
+    if forget && session.wire.participates() {
+        hub.store().write_later(WriteOp::RemoveMember {
+            room: room.to_string(),
+            user: session.user().id.clone(),
+        });
     }
     hub.rooms().leave(room, session.id);
     hub.broker().unsubscribe(room);

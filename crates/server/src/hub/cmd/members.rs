@@ -1,10 +1,13 @@
-//! `room_members {roomId, cursor, limit}`: one page of the room's members, for a
-//! connection in the room.
+//! `room_members {roomId, cursor, limit}`: one page of the room's durable members,
+//! ordered by user id: online ones with their status, offline ones (gone, or
+//! invisible) with when they were last seen. For a member of the room, or a connection
+//! in it.
 
-use switchboard_protocol::{ErrorKind, Ref, RoomMembers, RoomMembersQuery};
+use switchboard_protocol::{ErrorKind, Member, Ref, RoomMembers, RoomMembersQuery};
 
-use super::internal;
+use super::store_error;
 use crate::hub::{Hub, Session};
+use crate::store::UserRecord;
 
 pub(super) async fn run(
     hub: &Hub,
@@ -12,18 +15,46 @@ pub(super) async fn run(
     q: RoomMembersQuery,
     r: Option<&Ref>,
 ) -> Result<(), ErrorKind> {
-    if !session.in_room(&q.room_id) {
+    let store = hub.store();
+    if !session.in_room(&q.room_id)
+        && store
+            .membership(&q.room_id, &session.user().id)
+            .await
+            .map_err(|e| store_error("reading a membership", e))?
+            .is_none()
+    {
         return Err(ErrorKind::NotInRoom);
     }
-    let page = hub
-        .presence()
-        .members(&q.room_id, q.cursor.as_deref(), q.limit as usize)
+    let mut page = store
+        .members(&q.room_id, q.cursor.as_deref(), q.limit + 1)
         .await
-        .map_err(|e| internal("presence", e))?;
+        .map_err(|e| store_error("reading members", e))?;
+    let more = page.len() > q.limit as usize;
+    page.truncate(q.limit as usize);
+    let mut members = Vec::with_capacity(page.len());
+    for m in page {
+        let record = m.status.clone().map(|status| UserRecord {
+            id: m.user_id.clone(),
+            username: m.username.clone().unwrap_or_else(|| m.user_id.clone()),
+            avatar: m.avatar.clone(),
+            status,
+            last_seen: m.last_seen,
+        });
+        let (status, last_seen) = hub.seen_as(record.as_ref(), &m.user_id).await;
+        let online = status != "offline";
+        members.push(Member {
+            username: m.username.unwrap_or_else(|| m.user_id.clone()),
+            id: m.user_id,
+            avatar: if online { m.avatar } else { None },
+            status,
+            joined_at: m.joined_at,
+            last_seen: if online { None } else { last_seen },
+        });
+    }
     let reply = RoomMembers {
         room_id: q.room_id,
-        members: page.members,
-        next_cursor: page.next_cursor,
+        next_cursor: more.then(|| members.last().map(|m| m.id.clone())).flatten(),
+        members,
     };
     session.reply("room_members", &reply, r);
     Ok(())

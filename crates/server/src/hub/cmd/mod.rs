@@ -9,11 +9,13 @@ mod custom;
 mod history;
 mod join;
 mod leave;
+mod mark_read;
 mod members;
 mod ping;
 mod private;
 mod rtc;
 mod send;
+mod status;
 mod typing;
 
 use std::sync::Arc;
@@ -94,7 +96,10 @@ impl Hub {
                 typing::run(self, session, room_id, is_typing).await
             }
             Request::SendPrivateMessage(p) => private::run(self, session, p, r).await,
-            Request::UpdateStatus { .. } => Err(ErrorKind::NotSupported("update_status")),
+            Request::UpdateStatus { status } => status::run(self, session, status, r).await,
+            Request::MarkRead { room_id, offset } => {
+                mark_read::run(self, session, room_id, offset, r).await
+            }
             Request::ShareFile { .. } => Err(ErrorKind::NotSupported("share_file")),
             Request::History(q) => history::run(self, session, q, r).await,
             Request::RoomMembers(q) => members::run(self, session, q, r).await,

@@ -1,46 +1,78 @@
-//! `send_private_message`: the recipient's devices and the sender's other devices get
-//! `private_message`, through the two users' personal rooms.
+//! `send_private_message {recipientId, content, type, clientMessageId}`: a durable
+//! message of the conversation `dm:<a>:<b>`. Once stored, the recipient's devices and
+//! the sender's other devices get `private_message` (with its offset in the
+//! conversation), and with a `ref` the sender gets `ack {id, offset}`. Both users are
+//! members of the conversation, so it is in their rooms, their recovery and history.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use switchboard_protocol::{
-    Ack, ErrorKind, PrivateMessage, Recipient, Ref, SendPrivateMessage, now_millis, personal_room,
+    Ack, ErrorKind, Ref, SendPrivateMessage, dm_peer, dm_room, is_valid_user_id, now_millis,
 };
 
-use crate::encode::Event;
+use super::send::user_scope;
+use super::store_error;
 use crate::hub::{Hub, Session};
+use crate::store::{Completion, DedupeKey, Draft, WriteOp};
 
 pub(super) async fn run(
     hub: &Hub,
-    session: &Session,
+    session: &Arc<Session>,
     p: SendPrivateMessage,
     r: Option<&Ref>,
 ) -> Result<(), ErrorKind> {
-    let message = PrivateMessage {
+    let sender = session.user();
+    let room = dm_room(&sender.id, &p.recipient_id);
+    if !is_valid_user_id(&p.recipient_id) || dm_peer(&room, &sender.id).is_none() {
+        return Err(ErrorKind::InvalidPayload(
+            "recipientId must be a user id of A-Za-z0-9_-.@ (no ':'), with a sender id alike"
+                .into(),
+        ));
+    }
+    let at = now_millis();
+    for user in [&sender.id, &p.recipient_id] {
+        hub.store().write_later(WriteOp::AddMember {
+            room: room.clone(),
+            user: user.clone(),
+            at,
+        });
+    }
+    let draft = Draft {
         id: uuid::Uuid::now_v7().to_string(),
-        sender: session.user().clone(),
-        recipient: Recipient {
-            id: p.recipient_id.clone(),
-        },
+        room: room.into(),
+        sender: sender.clone(),
         content: p.content,
         kind: p.kind,
-        timestamp: now_millis(),
+        metadata: serde_json::Value::Object(Default::default()),
+        timestamp: at,
+        dedupe: p.client_message_id.map(|key| DedupeKey {
+            scope: user_scope(&sender.id),
+            key,
+        }),
+        recipient: Some(p.recipient_id),
+        origin: Some(session.client_id.clone()),
     };
-    let event = Arc::new(Event::new("private_message", &message));
-    let own = personal_room(&session.user().id);
-    let theirs = personal_room(&p.recipient_id);
-    if theirs != own {
-        hub.publish_event(theirs.into(), event.clone(), None).await;
-    }
-    hub.publish_event(own.into(), event, Some(session.client_id.clone()))
-        .await;
-    if r.is_some() {
-        let ack = Ack {
-            id: message.id,
-            offset: None,
-            duplicate: false,
-        };
-        session.reply("ack", &ack, r);
-    }
+    let s = session.clone();
+    let r = r.cloned();
+    let received = Instant::now();
+    let latency = hub.metrics().publish_latency.clone();
+    let done = Completion::new(move |result| match result {
+        Ok(c) => {
+            latency.record(received.elapsed().as_secs_f64());
+            if r.is_some() {
+                let ack = Ack {
+                    id: c.id,
+                    offset: Some(c.position.offset),
+                    duplicate: c.duplicate,
+                };
+                s.reply("ack", &ack, r.as_ref());
+            }
+        }
+        Err(e) => {
+            s.error(&store_error("storing a private message", e), r.as_ref());
+        }
+    });
+    hub.store().append(draft, done).await;
     Ok(())
 }

@@ -41,6 +41,8 @@ pub(super) async fn run(
         metadata: m.metadata,
         timestamp: now_millis(),
         dedupe,
+        recipient: None,
+        origin: Some(session.client_id.clone()),
     };
     let s = session.clone();
     let r = r.cloned();
