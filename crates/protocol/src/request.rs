@@ -196,7 +196,8 @@ struct Payload {
     metadata: Option<Value>,
     is_typing: Option<bool>,
     recipient_id: Option<String>,
-    status: Option<String>,
+    /// Any JSON: a status that is not one of the known strings is `Invalid status`.
+    status: Option<Value>,
     file_id: Option<String>,
     target_peer_id: Option<String>,
     payload: Option<Value>,
@@ -340,7 +341,10 @@ impl Request {
                 })
             }
             "update_status" => Request::UpdateStatus {
-                status: p.status.unwrap_or_default(),
+                status: match p.status {
+                    Some(Value::String(s)) => s,
+                    _ => String::new(),
+                },
             },
             "mark_read" => Request::MarkRead {
                 room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,

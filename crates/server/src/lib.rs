@@ -134,6 +134,7 @@ impl ServerBuilder {
             metrics,
         };
         let hub = Hub::new(parts, commit_log);
+        hub.load_interest().await?;
         let listener =
             TcpListener::bind(config.listen)
                 .await

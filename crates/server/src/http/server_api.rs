@@ -389,10 +389,14 @@ pub async fn set_contacts(
     if let Some(bad) = req.contacts.iter().find(|c| !is_valid_user_id(c)) {
         return Err(ApiError::bad_request(format!("invalid contact id {bad:?}")));
     }
+    if req.contacts.contains(&id) {
+        return Err(ApiError::bad_request("a user is not its own contact"));
+    }
     let mut contacts = req.contacts;
     contacts.sort();
     contacts.dedup();
     let n = contacts.len();
+    let user = id.clone();
     app.hub
         .store()
         .write(WriteOp::ReplaceContacts { user: id, contacts })
@@ -401,6 +405,7 @@ pub async fn set_contacts(
             tracing::error!(error = %e, "storing contacts failed");
             ApiError::unavailable("unavailable", "the store is unavailable")
         })?;
+    app.hub.contacts_changed(&user, n > 0);
     Ok(Json(ContactsSet { contacts: n }))
 }
 

@@ -17,7 +17,7 @@ use switchboard_protocol::{
 };
 
 use super::Hub;
-use crate::store::{Committed, NewEntry, NotificationRecord, WriteOp};
+use crate::store::{Committed, NewEntry, NotificationRecord, WriteOp, WriteOutcome};
 
 /// Settled rooms remembered at most; past it the set starts over (rooms are then
 /// checked again once).
@@ -152,7 +152,7 @@ impl Hub {
                 }
             })
             .collect();
-        store
+        let opened = store
             .write(WriteOp::Notify {
                 room: c.room.to_string(),
                 kind: kind.to_string(),
@@ -161,6 +161,11 @@ impl Hub {
                 entries,
             })
             .await?;
+        if let WriteOutcome::Opened(opened) = opened {
+            for (_, user) in opened {
+                self.inner.interest.set_unread(&user, true);
+            }
+        }
         if push {
             self.inner.pushes_due.notify_one();
         }
@@ -185,6 +190,7 @@ impl Hub {
         user: &str,
         ids: Option<Vec<String>>,
     ) -> Result<u64, crate::store::StoreError> {
+        let all = ids.is_none();
         let read = self
             .store()
             .write(WriteOp::ReadNotifications {
@@ -192,9 +198,12 @@ impl Hub {
                 ids,
             })
             .await?;
+        if all {
+            self.inner.interest.set_unread(user, false);
+        }
         self.unsettle_rooms_of(user).await;
         Ok(match read {
-            crate::store::WriteOutcome::Count(n) => n,
+            WriteOutcome::Count(n) => n,
             _ => 0,
         })
     }

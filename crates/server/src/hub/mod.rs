@@ -156,6 +156,7 @@ struct Inner {
     started: Instant,
     draining: AtomicBool,
     leaving: users::Leaving,
+    interest: users::Interest,
     settled: inbox::Settled,
     /// Wakes the webhook pusher when entries with a push were opened.
     pushes_due: Arc<tokio::sync::Notify>,
@@ -210,6 +211,7 @@ impl Hub {
                 started: Instant::now(),
                 draining: AtomicBool::new(false),
                 leaving: users::Leaving::default(),
+                interest: users::Interest::default(),
                 settled: inbox::Settled::default(),
                 pushes_due: Arc::new(tokio::sync::Notify::new()),
             }),

@@ -9,7 +9,8 @@
 //! choice (`online`, `away`, `busy`, or `offline`: invisible); others see `offline`
 //! while the user is invisible or gone.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -60,6 +61,48 @@ impl Leaving {
     }
 }
 
+/// Users worth a look when a device connects: those with a contact list to tell they
+/// are online, and those with unread entries to deliver. Kept as hashes of their ids, so
+/// that it stays small; a false positive only costs a read. Without it every connect
+/// would read the store twice.
+#[derive(Default)]
+pub(super) struct Interest {
+    contacts: Mutex<HashSet<u64>>,
+    unread: Mutex<HashSet<u64>>,
+    hasher: RandomState,
+}
+
+impl Interest {
+    fn key(&self, user: &str) -> u64 {
+        self.hasher.hash_one(user)
+    }
+
+    fn mark(set: &Mutex<HashSet<u64>>, key: u64, yes: bool) {
+        let mut set = set.lock();
+        if yes {
+            set.insert(key);
+        } else {
+            set.remove(&key);
+        }
+    }
+
+    pub(super) fn set_contacts(&self, user: &str, yes: bool) {
+        Interest::mark(&self.contacts, self.key(user), yes);
+    }
+
+    pub(super) fn set_unread(&self, user: &str, yes: bool) {
+        Interest::mark(&self.unread, self.key(user), yes);
+    }
+
+    fn has_contacts(&self, user: &str) -> bool {
+        self.contacts.lock().contains(&self.key(user))
+    }
+
+    fn has_unread(&self, user: &str) -> bool {
+        self.unread.lock().contains(&self.key(user))
+    }
+}
+
 /// A user's status as the others see it.
 pub fn visible_status(record: Option<&UserRecord>, online: bool) -> &str {
     match record.map(|r| r.status.as_str()) {
@@ -74,15 +117,25 @@ impl Hub {
     pub(super) fn device_arrived(&self, session: &Arc<Session>, devices: u64) {
         session.arrived.store(true, Ordering::Relaxed);
         let user = session.user();
+        // Only the user's other devices hear of it.
+        if devices > 1 {
+            self.tell_devices(session, "device_connected");
+        }
+        if self.inner.interest.has_unread(&user.id) {
+            self.deliver_inbox(session);
+        }
+        // The token's profile is kept as the user's (it may have changed since); an
+        // unchanged one costs no write to disk, and a storm of them one statement.
         self.store().write_later(WriteOp::UpsertUser {
             id: user.id.clone(),
             username: user.username.clone(),
             avatar: user.avatar.clone(),
         });
-        self.tell_devices(session, "device_connected");
-        self.deliver_inbox(session);
         let returning = devices == 1 && self.inner.leaving.cancel(&user.id);
         if devices != 1 || returning {
+            return;
+        }
+        if !self.inner.interest.has_contacts(&user.id) {
             return;
         }
         // The user comes online: its contacts hear it, unless it is invisible.
@@ -106,14 +159,16 @@ impl Hub {
         if !session.arrived.load(Ordering::Relaxed) {
             return;
         }
-        self.tell_devices(session, "device_disconnected");
         let hub = self.clone();
-        let id = session.user().id.clone();
+        let session = session.clone();
         let grace = Duration::from_secs(self.inner.settings.offline_grace_secs);
         self.run_detached(async move {
-            if hub.presence().devices(&id).await.unwrap_or(0) > 0 {
+            let id = &session.user().id;
+            if hub.presence().devices(id).await.unwrap_or(0) > 0 {
+                hub.tell_devices(&session, "device_disconnected");
                 return;
             }
+            let id = id.clone();
             let token = hub.inner.leaving.start(&id);
             tokio::time::sleep(grace).await;
             let gone = hub.inner.leaving.finish(&id, token)
@@ -158,6 +213,9 @@ impl Hub {
                 .await
             {
                 Ok(entries) => {
+                    if entries.is_empty() {
+                        hub.inner.interest.set_unread(&session.user().id, false);
+                    }
                     for r in &entries {
                         session.reply("notification", &super::inbox::entry(r), None);
                     }
@@ -184,6 +242,9 @@ impl Hub {
 
     /// `friend_status_update` to the users `user` lists as contacts.
     pub(super) async fn tell_contacts(&self, user: &str, status: &str, last_seen: Option<u64>) {
+        if !self.inner.interest.has_contacts(user) {
+            return;
+        }
         let contacts = match self.store().contacts(user).await {
             Ok(c) => c,
             Err(e) => {
@@ -207,6 +268,23 @@ impl Hub {
             self.publish_event(personal_room(&contact).into(), event.clone(), None)
                 .await;
         }
+    }
+
+    /// Records that `user`'s contact list changed (empty or not).
+    pub fn contacts_changed(&self, user: &str, any: bool) {
+        self.inner.interest.set_contacts(user, any);
+    }
+
+    /// Loads who has contacts and unread entries (at start).
+    pub async fn load_interest(&self) -> Result<(), StoreError> {
+        let (contacts, unread) = self.store().interesting_users().await?;
+        for u in contacts {
+            self.inner.interest.set_contacts(&u, true);
+        }
+        for u in unread {
+            self.inner.interest.set_unread(&u, true);
+        }
+        Ok(())
     }
 
     /// Whether `user` counts as online: a device connected, or within the grace after

@@ -33,6 +33,12 @@ use crate::position::{Position, new_epoch};
 
 /// Most messages committed in one transaction.
 const MAX_BATCH: usize = 1024;
+/// How long a write nobody waits for may be held, to ride along with others (a storm
+/// of connects is a storm of profile upserts: each its own transaction would cost a
+/// sync of the disk each).
+const LATER_DELAY: Duration = Duration::from_millis(200);
+/// Held writes that make a batch on their own.
+const MAX_LATER: usize = 512;
 /// Rows per INSERT statement (6 parameters each, far below SQLite's limit).
 const ROWS_PER_INSERT: usize = 128;
 /// Rooms whose last offset the writer remembers (and readers may ask for).
@@ -85,6 +91,8 @@ fn migrator() -> Migrator {
 enum Job {
     Append(Draft, Completion),
     Write(WriteOp, Reply),
+    /// A write nobody waits for: held until the next batch, or `LATER_DELAY`.
+    Later(WriteOp),
     Close(oneshot::Sender<()>),
 }
 
@@ -101,6 +109,7 @@ enum Work {
 enum Waiter {
     Append(Completion),
     Write(Reply),
+    Nobody,
 }
 
 enum Outcome {
@@ -446,23 +455,51 @@ impl Writer {
     async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut jobs_buf = Vec::with_capacity(MAX_BATCH);
+        // Writes nobody waits for, and when the first of them came.
+        let mut later: Vec<WriteOp> = Vec::new();
+        let mut held_since: Option<tokio::time::Instant> = None;
         loop {
-            if jobs.recv_many(&mut jobs_buf, MAX_BATCH).await == 0 {
-                return;
-            }
+            let mut due = false;
+            let received = match held_since {
+                None => jobs.recv_many(&mut jobs_buf, MAX_BATCH).await,
+                // `recv_many` is cancel-safe: nothing is lost when the delay wins.
+                Some(since) => tokio::select! {
+                    n = jobs.recv_many(&mut jobs_buf, MAX_BATCH) => n,
+                    _ = tokio::time::sleep_until(since + LATER_DELAY) => {
+                        due = true;
+                        usize::MAX
+                    }
+                },
+            };
             let mut closing = None;
             for job in jobs_buf.drain(..) {
                 match job {
                     Job::Append(d, done) => batch.push((Work::Append(d), Waiter::Append(done))),
                     Job::Write(op, reply) => batch.push((Work::Write(op), Waiter::Write(reply))),
+                    Job::Later(op) => {
+                        held_since.get_or_insert_with(tokio::time::Instant::now);
+                        later.push(op);
+                    }
                     Job::Close(tx) => closing = Some(tx),
                 }
+            }
+            // Every sender is gone (or closing): what is held is written first.
+            let ending = received == 0 || closing.is_some();
+            if !later.is_empty() && (due || ending || !batch.is_empty() || later.len() >= MAX_LATER)
+            {
+                // Held writes came before what is queued now: they go first.
+                let held = later.drain(..).map(|op| (Work::Write(op), Waiter::Nobody));
+                batch.splice(0..0, held);
+                held_since = None;
             }
             if !batch.is_empty() {
                 let outcomes = self.commit(&mut batch).await;
                 // The hub is gone (shutting down): dropping the outcomes answers every
                 // sender with `Closed`.
                 let _ = self.commits.send(outcomes).await;
+            }
+            if received == 0 {
+                return;
             }
             if self.pruned.elapsed() >= PRUNE_EVERY {
                 self.prune().await;
@@ -538,6 +575,7 @@ impl Writer {
                     });
                     let _ = reply.send(result);
                 }
+                Waiter::Nobody => {}
             }
         }
         commits
@@ -553,9 +591,23 @@ impl Writer {
         let mut rows = Vec::with_capacity(work.len());
         let mut keys: Vec<(&DedupeKey, usize)> = Vec::new();
         let mut next: HashMap<Arc<str>, u64> = HashMap::new();
-        for w in work {
+        let mut i = 0;
+        while i < work.len() {
+            let w = &work[i];
+            i += 1;
             let d = match w {
                 Work::Append(d) => d,
+                Work::Write(op @ WriteOp::UpsertUser { .. }) => {
+                    // A run of profiles goes in one statement.
+                    let mut run = vec![op];
+                    while let Some(Work::Write(next @ WriteOp::UpsertUser { .. })) = work.get(i) {
+                        run.push(next);
+                        i += 1;
+                    }
+                    let done = users::upsert_users(&mut tx, &run).await?;
+                    out.extend(done.into_iter().map(Outcome::Write));
+                    continue;
+                }
                 Work::Write(op) => {
                     out.push(Outcome::Write(users::apply(&mut tx, op).await?));
                     continue;

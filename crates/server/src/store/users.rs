@@ -15,7 +15,9 @@ pub trait UserStore: Send + Sync {
     fn write(&self, op: WriteOp) -> BoxFuture<'_, Result<WriteOutcome, StoreError>>;
 
     /// Applies `op` in a coming transaction, without waiting for it (a failure is
-    /// logged): for what is worth keeping but nobody waits on, like a profile.
+    /// logged): for what is worth keeping but nobody waits on, like a profile. It may be
+    /// held a moment (SQLite: up to 200 ms) to ride along with other writes; it is
+    /// applied before any write queued after it.
     fn write_later(&self, op: WriteOp);
 
     fn user<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<UserRecord>, StoreError>>;
@@ -91,6 +93,9 @@ pub trait UserStore: Send + Sync {
 
     /// Bytes of files `owner` has stored.
     fn usage<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// The users with a contact list, and those with an unread notification entry.
+    fn interesting_users(&self) -> BoxFuture<'_, Result<(Vec<String>, Vec<String>), StoreError>>;
 
     /// Files never shared and created before `before`.
     fn orphan_files(

@@ -99,6 +99,81 @@ impl TestServer {
         c
     }
 
+    /// Stops the server and starts another on the same data dir and config (a new
+    /// port).
+    pub async fn restart(mut self) -> TestServer {
+        self.halt().await;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let server = Server::builder()
+            .config(self.config.clone())
+            .bind()
+            .await
+            .expect("server restarts");
+        let addr = server.local_addr();
+        let hub = server.hub().clone();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(server.run_until(async {
+            let _ = rx.await;
+        }));
+        TestServer {
+            addr,
+            hub,
+            config: self.config.clone(),
+            stop: Some(tx),
+            handle: Some(handle),
+            dir,
+        }
+    }
+
+    /// GET `path` as user `sub` (its JWT); the status and the JSON body (Null if none).
+    pub async fn get_as(&self, sub: &str, path: &str) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .get(self.http(path))
+            .bearer_auth(token(sub))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POST JSON to `path` as user `sub`; the status and the JSON body.
+    pub async fn post_as(&self, sub: &str, path: &str, body: Value) -> (u16, Value) {
+        let resp = reqwest::Client::new()
+            .post(self.http(path))
+            .bearer_auth(token(sub))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Replaces `user`'s contact list through the server API; the status.
+    pub async fn set_contacts(&self, user: &str, contacts: &[&str]) -> u16 {
+        admin()
+            .put(self.http(&format!("/api/users/{user}/contacts")))
+            .json(&json!({ "contacts": contacts }))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn halt(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            tokio::time::timeout(WAIT, h)
+                .await
+                .expect("server stops")
+                .unwrap();
+        }
+    }
+
     /// Triggers a drain and waits for the server to stop.
     pub async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {

@@ -154,7 +154,7 @@ pub(super) async fn run(
         // Moving on ends the subscriptions, not the memberships.
         for other in session.rooms() {
             if other != room {
-                leave::leave(hub, session, &other, false).await;
+                leave::leave(hub, session, &other).await;
             }
         }
     }

@@ -1,13 +1,16 @@
-//! `leave_room {roomId}`: the connection leaves the room; the others hear
-//! `user_left_room` (while the room is small enough to announce).
+//! `leave_room {roomId}`: the connection leaves the room, and its user the room's
+//! membership (from any of its connections, subscribed to the room or not); the others
+//! hear `user_left_room` (while the room is small enough to announce). The user's other
+//! connections subscribed to the room stay so until they leave it or close.
 
 use std::sync::Arc;
 
 use switchboard_protocol::{ErrorKind, Ref, RoomLeft, RoomMembership, now_millis};
 
+use super::store_error;
 use crate::encode::Event;
 use crate::hub::{Hub, Session};
-use crate::store::WriteOp;
+use crate::store::{WriteOp, WriteOutcome};
 
 pub(super) async fn run(
     hub: &Hub,
@@ -15,7 +18,21 @@ pub(super) async fn run(
     room_id: &str,
     r: Option<&Ref>,
 ) -> Result<(), ErrorKind> {
-    if !leave(hub, session, &room_id.into(), true).await {
+    let subscribed = leave(hub, session, &room_id.into()).await;
+    let mut member = false;
+    if session.wire.participates() {
+        // Stored before the answer: a read after `room_left` no longer lists the room.
+        let removed = hub
+            .store()
+            .write(WriteOp::RemoveMember {
+                room: room_id.to_string(),
+                user: session.user().id.clone(),
+            })
+            .await
+            .map_err(|e| store_error("removing a membership", e))?;
+        member = matches!(removed, WriteOutcome::Changed(true));
+    }
+    if !subscribed && !member {
         return Err(ErrorKind::NotInRoom);
     }
     let left = RoomLeft {
@@ -27,17 +44,10 @@ pub(super) async fn run(
 }
 
 /// Ends `session`'s subscription of `room` and tells the others (an exclusive join
-/// leaves this way too); with `forget`, the user's membership ends as well. False if it
-/// was not in the room.
-pub(super) async fn leave(hub: &Hub, session: &Session, room: &Arc<str>, forget: bool) -> bool {
+/// leaves this way too, keeping the membership). False if it was not in the room.
+pub(super) async fn leave(hub: &Hub, session: &Session, room: &Arc<str>) -> bool {
     if !session.remove_room(room) {
         return false;
-    }
-    if forget && session.wire.participates() {
-        hub.store().write_later(WriteOp::RemoveMember {
-            room: room.to_string(),
-            user: session.user().id.clone(),
-        });
     }
     hub.rooms().leave(room, session.id);
     hub.broker().unsubscribe(room);

@@ -12,6 +12,44 @@ use crate::store::{
     WriteOp, WriteOutcome,
 };
 
+/// Profiles stored per statement when a batch holds many (`3` binds each).
+const PROFILES_PER_INSERT: usize = 256;
+
+/// Stores the profiles of a run of [`WriteOp::UpsertUser`] in as few statements as
+/// possible: a storm of connects is a storm of these. Each answers `Changed(true)`
+/// (nobody waits on the figure).
+pub(super) async fn upsert_users(
+    conn: &mut SqliteConnection,
+    ops: &[&WriteOp],
+) -> Result<Vec<WriteOutcome>, StoreError> {
+    let profiles: Vec<(&str, &str, Option<&str>)> = ops
+        .iter()
+        .filter_map(|op| match op {
+            WriteOp::UpsertUser {
+                id,
+                username,
+                avatar,
+            } => Some((id.as_str(), username.as_str(), avatar.as_deref())),
+            _ => None,
+        })
+        .collect();
+    for chunk in profiles.chunks(PROFILES_PER_INSERT) {
+        let mut q: QueryBuilder<Sqlite> =
+            QueryBuilder::new("INSERT INTO users (id, username, avatar) ");
+        q.push_values(chunk, |mut b, (id, username, avatar)| {
+            b.push_bind(*id).push_bind(*username).push_bind(*avatar);
+        });
+        // A user twice in one statement takes its last profile.
+        q.push(
+            " ON CONFLICT (id) DO UPDATE SET username = excluded.username, \
+             avatar = excluded.avatar \
+             WHERE username IS NOT excluded.username OR avatar IS NOT excluded.avatar",
+        );
+        q.build().execute(&mut *conn).await.map_err(classify)?;
+    }
+    Ok(ops.iter().map(|_| WriteOutcome::Changed(true)).collect())
+}
+
 /// Applies one write inside the writer's transaction.
 pub(super) async fn apply(
     conn: &mut SqliteConnection,
@@ -305,8 +343,7 @@ impl UserStore for SqliteStore {
     }
 
     fn write_later(&self, op: WriteOp) {
-        let (tx, _) = tokio::sync::oneshot::channel();
-        match self.jobs.try_send(super::Job::Write(op, tx)) {
+        match self.jobs.try_send(super::Job::Later(op)) {
             Ok(()) => {}
             Err(tokio::sync::mpsc::error::TrySendError::Full(job)) => {
                 let jobs = self.jobs.clone();
@@ -603,6 +640,22 @@ impl UserStore for SqliteStore {
                     .await
                     .map_err(unavailable)?;
             Ok(n as u64)
+        }
+        .boxed()
+    }
+
+    fn interesting_users(&self) -> BoxFuture<'_, Result<(Vec<String>, Vec<String>), StoreError>> {
+        async move {
+            let with_contacts = sqlx::query_scalar("SELECT DISTINCT user_id FROM contacts")
+                .fetch_all(&self.reads)
+                .await
+                .map_err(unavailable)?;
+            let with_unread =
+                sqlx::query_scalar("SELECT DISTINCT user_id FROM notifications WHERE read = 0")
+                    .fetch_all(&self.reads)
+                    .await
+                    .map_err(unavailable)?;
+            Ok((with_contacts, with_unread))
         }
         .boxed()
     }
