@@ -6,11 +6,19 @@ cd "$(dirname "$0")/.."
 
 # Services and tools the suite needs are started or installed here: the store is an
 # embedded SQLite file, so the Rust toolchain does most; the key-pair tests use the
-# openssl CLI and the HTTP fuzzing uses Python (schemathesis, installed by its script).
+# openssl CLI, the HTTP fuzzing uses Python (schemathesis, installed by its script).
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need openssl || ! need curl || ! need python3; then
   apt-get update -qq && apt-get install -y -qq openssl curl python3 python3-pip >/dev/null
 fi
+
+# The files test loads a shared image in a real browser: headless Chromium (Debian's
+# package), installed here when missing.
+if ! need chromium; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+SWITCHBOARD_CHROMIUM=$(command -v chromium)
+export SWITCHBOARD_CHROMIUM
 
 # Load and durability tests open many sockets and files.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

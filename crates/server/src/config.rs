@@ -63,6 +63,9 @@ pub struct FilesConfig {
     pub orphan_ttl_secs: u64,
     /// Seconds a signed file URL stays valid.
     pub url_ttl_secs: u64,
+    /// Key of the signed file URLs (the same on every node of a cluster); none = a
+    /// random key kept in `<data_dir>/files/url.key`.
+    pub url_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -244,6 +247,7 @@ impl Default for FilesConfig {
             user_quota_bytes: 1024 * 1024 * 1024,
             orphan_ttl_secs: 24 * 3600,
             url_ttl_secs: 3600,
+            url_secret: None,
         }
     }
 }
@@ -556,6 +560,10 @@ const ENV: &[(&str, Setter)] = &[
         c.files.url_ttl_secs = parse(v)?;
         Ok(())
     }),
+    ("SWITCHBOARD_FILES_URL_SECRET", |c, v| {
+        c.files.url_secret = Some(v.to_string());
+        Ok(())
+    }),
     ("SWITCHBOARD_NOTIFICATIONS_MAX_ROOM_MEMBERS", |c, v| {
         c.notifications.max_room_members = parse(v)?;
         Ok(())
@@ -701,6 +709,17 @@ impl Config {
                         .into(),
                 );
             }
+        }
+        if self.files.url_ttl_secs == 0 || self.files.orphan_ttl_secs == 0 {
+            return bad("files.url_ttl_secs and files.orphan_ttl_secs must be positive".into());
+        }
+        if self
+            .files
+            .url_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 16)
+        {
+            return bad("files.url_secret must be at least 16 bytes".into());
         }
         if self.notifications.webhook_max_attempts == 0
             || self.notifications.webhook_timeout_secs == 0

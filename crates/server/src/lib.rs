@@ -27,6 +27,7 @@ pub mod broker;
 pub mod config;
 pub mod encode;
 pub mod error;
+pub mod files;
 mod http;
 pub mod hub;
 pub mod metrics;
@@ -61,6 +62,8 @@ use crate::store::{SqliteOptions, SqliteStore, Store};
 
 /// Commit batches the store may hand over before its writer waits for the hub.
 const COMMIT_LOG: usize = 64;
+/// The longest wait between two sweeps of orphan files (shorter with a short TTL).
+const ORPHAN_SWEEP_MAX_SECS: u64 = 600;
 /// How often the metrics' histograms are folded (see [`metrics::Metrics::upkeep`]).
 const METRICS_UPKEEP: Duration = Duration::from_secs(1);
 
@@ -73,6 +76,8 @@ pub enum StartError {
     Key(#[from] auth::KeyError),
     #[error("cannot open the store: {0}")]
     Store(#[from] store::StoreError),
+    #[error("cannot open the file storage: {0}")]
+    Files(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -122,6 +127,9 @@ impl ServerBuilder {
         };
         let store: Arc<dyn Store> =
             Arc::new(SqliteStore::open(&store_options, commits, metrics.clone()).await?);
+        let files = files::Files::open(&config.data_dir, &config.files, store.clone())
+            .await
+            .map_err(StartError::Files)?;
         let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
         let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::default());
         let parts = HubParts {
@@ -132,6 +140,7 @@ impl ServerBuilder {
             presence,
             handlers: self.handlers,
             metrics,
+            files: Arc::new(files),
         };
         let hub = Hub::new(parts, commit_log);
         hub.load_interest().await?;
@@ -204,6 +213,23 @@ impl Server {
                     std::future::ready(())
                 }
             }),
+            periodic(
+                every(
+                    app.config
+                        .files
+                        .orphan_ttl_secs
+                        .clamp(1, ORPHAN_SWEEP_MAX_SECS),
+                ),
+                {
+                    let files = hub.files().clone();
+                    move || {
+                        let files = files.clone();
+                        async move {
+                            files.sweep_orphans().await;
+                        }
+                    }
+                },
+            ),
             match notify::Pusher::new(
                 &app.config.notifications,
                 hub.store().clone(),

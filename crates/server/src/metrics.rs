@@ -24,6 +24,8 @@ pub struct Metrics {
     pub slow_consumers: Counter,
     pub rate_limited: Counter,
     pub auth_failures: Counter,
+    pub files_uploaded: Counter,
+    pub file_bytes_uploaded: Counter,
     pub publish_latency: Histogram,
     pub store_commit_latency: Histogram,
     pub store_batch_size: Histogram,
@@ -64,6 +66,14 @@ pub const NAMES: &[(&str, &str)] = &[
     (
         "switchboard_auth_failures_total",
         "connections or requests refused for a bad token or key",
+    ),
+    (
+        "switchboard_files_uploaded_total",
+        "files uploaded and kept",
+    ),
+    (
+        "switchboard_file_bytes_uploaded_total",
+        "bytes of the files uploaded and kept",
     ),
     (
         "switchboard_publish_latency_seconds",
@@ -123,6 +133,8 @@ impl Metrics {
             slow_consumers: counter("switchboard_slow_consumers_total"),
             rate_limited: counter("switchboard_rate_limited_total"),
             auth_failures: counter("switchboard_auth_failures_total"),
+            files_uploaded: counter("switchboard_files_uploaded_total"),
+            file_bytes_uploaded: counter("switchboard_file_bytes_uploaded_total"),
             publish_latency: histogram("switchboard_publish_latency_seconds"),
             store_commit_latency: histogram("switchboard_store_commit_latency_seconds"),
             store_batch_size: histogram("switchboard_store_batch_size"),

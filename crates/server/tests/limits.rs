@@ -368,7 +368,7 @@ async fn a_connection_whose_task_panics_is_removed() {
     // A transport's task that panics while it holds a registered session.
     let task = tokio::spawn(async move {
         let registration = hub
-            .connect(identity, switchboard::hub::Wire::WebSocket)
+            .connect(identity, switchboard::hub::Wire::WebSocket, |_| {})
             .await
             .unwrap();
         let _held = registration;

@@ -119,6 +119,8 @@ async fn statuses_reach_contacts_and_every_device_and_invisible_looks_offline() 
     );
     let (_, profile) = srv.get_as("bob", "/api/users/alice").await;
     assert_eq!(profile["status"], "offline");
+    // Nor does a lastSeen that keeps moving give it away.
+    assert!(profile["lastSeen"].is_null(), "{profile}");
     let (_, contacts) = srv.get_as("alice", "/api/users/me/contacts").await;
     assert_eq!(contacts["contacts"][0]["id"], "bob");
     assert_eq!(contacts["contacts"][0]["status"], "online");

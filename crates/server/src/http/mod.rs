@@ -2,6 +2,7 @@
 //! and the OpenAPI document made from the same route table.
 
 mod extract;
+mod files_api;
 pub mod listener;
 mod ops;
 mod server_api;
@@ -79,6 +80,9 @@ pub fn router(app: App) -> axum::Router {
         .routes(routes!(users_api::my_rooms))
         .routes(routes!(users_api::notifications))
         .routes(routes!(users_api::read_notifications))
+        .routes(routes!(files_api::upload))
+        .routes(routes!(files_api::download))
+        .routes(routes!(files_api::meta))
         .routes(routes!(openapi))
         .split_for_parts();
     // The same code makes the same document: the first server's serves them all.
@@ -112,6 +116,8 @@ fn cors(origins: &[String]) -> CorsLayer {
             HeaderName::from_static("x-api-key"),
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-file-name"),
+            axum::http::header::RANGE,
         ])
 }
 

@@ -41,6 +41,18 @@ fn any_but_null() -> utoipa::openapi::schema::Schema {
     Schema::OneOf(one_of)
 }
 
+fn contact_ids() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[A-Za-z0-9_.:@-]{1,123}$")),
+        )
+        .max_items(Some(1000))
+        .build()
+}
+
 /// The original design's getStats.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -356,8 +368,9 @@ pub async fn publish(
 
 #[derive(Deserialize, ToSchema)]
 pub struct ContactsRequest {
-    /// User ids, each 1-123 characters of `A-Za-z0-9_-.:@`; at most
-    /// `presence.max_contacts`.
+    /// User ids, each 1-123 characters of `A-Za-z0-9_-.:@`, not the user itself; at
+    /// most `presence.max_contacts` (default 1000).
+    #[schema(schema_with = contact_ids)]
     contacts: Vec<String>,
 }
 

@@ -16,6 +16,7 @@ use crate::auth::turn_credential;
 use crate::error::{ApiError, ErrorBody};
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct MessagesQuery {
     /// Newest messages with an offset below this (with `since`: the oldest between).
     before: Option<u64>,

@@ -150,10 +150,12 @@ pub async fn my_rooms(User(me): User, State(app): State<App>) -> Result<Json<Roo
 }
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InboxQuery {
     /// Only unread entries.
     unread: Option<bool>,
     /// At most this many (1-100, default 50).
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<u32>,
 }
 
@@ -176,7 +178,10 @@ pub async fn notifications(
     query: Result<Query<InboxQuery>, QueryRejection>,
 ) -> Result<Json<Inbox>, ApiError> {
     let Query(q) = query?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 100);
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1-100"));
+    }
     let entries = app
         .hub
         .store()
@@ -188,12 +193,65 @@ pub async fn notifications(
     }))
 }
 
-#[derive(Deserialize, ToSchema)]
+/// `{"ids": [...]}` (at most 1000; `"all": false` may go with it) or `{"all": true}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ReadRequest {
     /// Entries to mark read.
+    #[serde(default, deserialize_with = "present")]
     ids: Option<Vec<String>>,
     /// Mark every entry read.
+    #[serde(default, deserialize_with = "present")]
     all: Option<bool>,
+}
+
+/// A field that may be absent but not null.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+impl utoipa::ToSchema for ReadRequest {}
+
+impl utoipa::PartialSchema for ReadRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        read_request().into()
+    }
+}
+
+fn read_request() -> utoipa::openapi::schema::Schema {
+    use serde_json::json;
+    use utoipa::openapi::schema::{
+        AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type,
+    };
+    let by_ids = ObjectBuilder::new()
+        .property(
+            "ids",
+            ArrayBuilder::new()
+                .items(ObjectBuilder::new().schema_type(Type::String))
+                .max_items(Some(1000)),
+        )
+        .required("ids")
+        .property(
+            "all",
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .enum_values(Some([json!(false)])),
+        )
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    let all = ObjectBuilder::new()
+        .property(
+            "all",
+            ObjectBuilder::new()
+                .schema_type(Type::Boolean)
+                .enum_values(Some([json!(true)])),
+        )
+        .required("all")
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+    Schema::OneOf(OneOfBuilder::new().item(by_ids).item(all).build())
 }
 
 #[derive(Serialize, ToSchema)]

@@ -110,6 +110,7 @@ pub struct HubParts {
     pub presence: Arc<dyn Presence>,
     pub handlers: HashMap<String, MessageHandler>,
     pub metrics: Arc<Metrics>,
+    pub files: Arc<crate::files::Files>,
 }
 
 /// The original design's getStats: connections and rooms of this node.
@@ -146,6 +147,7 @@ struct Inner {
     presence: Arc<dyn Presence>,
     handlers: HashMap<String, MessageHandler>,
     metrics: Arc<Metrics>,
+    files: Arc<crate::files::Files>,
     rooms: Arc<RoomIndex>,
     /// Sessions by client id, sharded.
     sessions: Box<[SessionShard]>,
@@ -201,6 +203,7 @@ impl Hub {
                 presence: parts.presence,
                 handlers: parts.handlers,
                 metrics: parts.metrics,
+                files: parts.files,
                 rooms,
                 sessions: (0..SESSION_SHARDS)
                     .map(|_| Mutex::new(HashMap::new()))
@@ -238,6 +241,10 @@ impl Hub {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.inner.metrics
+    }
+
+    pub fn files(&self) -> &Arc<crate::files::Files> {
+        &self.inner.files
     }
 
     pub fn verifier(&self) -> &Verifier {
@@ -312,11 +319,14 @@ impl Hub {
 
     /// Registers a new connection. A participant is put in its personal room. Refused
     /// when the user already has `max_connections_per_user` devices (every transport
-    /// counts). A connection registered during a drain is closed at once.
+    /// counts). A connection registered during a drain is closed at once. `greet`
+    /// queues the transport's first frame (`connected`) before anything else can reach
+    /// the session.
     pub async fn connect(
         &self,
         identity: Identity,
         wire: Wire,
+        greet: impl FnOnce(&Session),
     ) -> Result<Registration, ConnectError> {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
         let client_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
@@ -330,6 +340,7 @@ impl Hub {
             RateLimiter::new(s.rate_per_sec, s.rate_burst),
             self.clock_secs(),
         ));
+        greet(&session);
         self.session_shard(&client_id)
             .lock()
             .insert(client_id, session.clone());

@@ -56,6 +56,11 @@ impl Leaving {
         }
     }
 
+    /// Whether `user`'s current grace is the one `token` started.
+    fn is(&self, user: &str, token: u64) -> bool {
+        self.users.lock().get(user) == Some(&token)
+    }
+
     fn contains(&self, user: &str) -> bool {
         self.users.lock().contains_key(user)
     }
@@ -169,33 +174,43 @@ impl Hub {
                 return;
             }
             let id = id.clone();
+            let left_at = now_millis();
             let token = hub.inner.leaving.start(&id);
             tokio::time::sleep(grace).await;
-            let gone = hub.inner.leaving.finish(&id, token)
+            // Still "leaving" (online to the others) until `lastSeen` is stored, so
+            // that nobody sees it offline without one.
+            let gone = hub.inner.leaving.is(&id, token)
                 && hub.presence().devices(&id).await.unwrap_or(0) == 0;
-            if gone && let Err(e) = hub.went_offline(&id).await {
+            if gone && let Err(e) = hub.went_offline(&id, token, left_at).await {
                 tracing::warn!(error = %e, user = %id, "recording an offline user failed");
             }
+            hub.inner.leaving.finish(&id, token);
         });
     }
 
-    /// The user's last device is gone for good: store when, tell the contacts.
-    async fn went_offline(&self, user: &str) -> Result<(), StoreError> {
-        let at = now_millis();
-        self.store()
-            .write(WriteOp::SetLastSeen {
-                user: user.to_string(),
-                at,
-            })
-            .await?;
-        // Its rooms owe it notification entries from now on.
-        self.unsettle_rooms_of(user).await;
+    /// The user's last device is gone for good (it left at `at`): store when, tell the
+    /// contacts. An invisible user already looked offline: its `lastSeen` stays the
+    /// one from before it went invisible, and nobody is told.
+    async fn went_offline(&self, user: &str, token: u64, at: u64) -> Result<(), StoreError> {
         let invisible = self
             .store()
             .user(user)
             .await?
             .is_some_and(|r| r.status == "offline");
-        // An invisible user already looked offline.
+        if !invisible {
+            self.store()
+                .write(WriteOp::SetLastSeen {
+                    user: user.to_string(),
+                    at,
+                })
+                .await?;
+        }
+        // A device that came back meanwhile ended the grace: it is online after all.
+        if !self.inner.leaving.finish(user, token) {
+            return Ok(());
+        }
+        // Its rooms owe it notification entries from now on.
+        self.unsettle_rooms_of(user).await;
         if !invisible {
             self.tell_contacts(user, "offline", Some(at)).await;
         }
@@ -297,7 +312,8 @@ impl Hub {
     pub async fn seen_as(&self, record: Option<&UserRecord>, user: &str) -> (String, Option<u64>) {
         let online = self.is_online(user).await;
         let status = visible_status(record, online).to_string();
-        let last_seen = if online {
+        // An invisible user's `lastSeen` stays put, as if it were gone.
+        let last_seen = if status != "offline" {
             Some(now_millis())
         } else {
             record.and_then(|r| r.last_seen)

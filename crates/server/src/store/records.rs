@@ -119,13 +119,19 @@ pub enum WriteOp {
         user: String,
         ids: Option<Vec<String>>,
     },
-    InsertFile(FileRecord),
-    /// Records that a file was shared in a room.
+    /// Records an uploaded file, unless its owner's files would then pass `quota` bytes
+    /// (`Changed(false)`): checked in the writer, so concurrent uploads cannot both pass.
+    InsertFile {
+        file: FileRecord,
+        quota: Option<u64>,
+    },
+    /// Records that a file was shared in a room; `Changed(false)` if the file is gone.
     ShareFile {
         file: String,
         room: String,
     },
-    DeleteFile {
+    /// Deletes a file's record if it was never shared (`Changed(false)` otherwise).
+    DeleteOrphanFile {
         id: String,
     },
     /// A push attempt's result: delivered or given up (`retry_at` None), or to retry.

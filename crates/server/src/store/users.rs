@@ -10,6 +10,9 @@ pub use super::records::{
     WriteOutcome,
 };
 
+/// Users with a contact list, and users with an unread notification entry.
+pub type InterestingUsers = (Vec<String>, Vec<String>);
+
 pub trait UserStore: Send + Sync {
     /// Applies `op` in the writer's next transaction; answers once it is committed.
     fn write(&self, op: WriteOp) -> BoxFuture<'_, Result<WriteOutcome, StoreError>>;
@@ -95,7 +98,7 @@ pub trait UserStore: Send + Sync {
     fn usage<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<u64, StoreError>>;
 
     /// The users with a contact list, and those with an unread notification entry.
-    fn interesting_users(&self) -> BoxFuture<'_, Result<(Vec<String>, Vec<String>), StoreError>>;
+    fn interesting_users(&self) -> BoxFuture<'_, Result<InterestingUsers, StoreError>>;
 
     /// Files never shared and created before `before`.
     fn orphan_files(

@@ -32,6 +32,7 @@ use crate::error::{ApiError, ErrorBody};
 use crate::hub::{ConnectError, Outgoing, Registration};
 
 #[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsParams {
     /// Comma-separated channels (rooms) to receive.
     channels: Option<String>,
@@ -111,7 +112,7 @@ pub async fn events(
         .map(parse_position);
 
     let registration = hub
-        .connect(identity, crate::hub::Wire::Sse)
+        .connect(identity, crate::hub::Wire::Sse, |_| {})
         .await
         .map_err(|e| match e {
             ConnectError::TooManyConnections => {

@@ -132,7 +132,15 @@ async fn open(
         }
     };
     let user = identity.user.id.clone();
-    let registration = match hub.connect(identity, Wire::WebSocket).await {
+    let greet = |session: &Session| {
+        let hello = Connected {
+            client_id: session.client_id.to_string(),
+            user: session.user().clone(),
+            timestamp: now_millis(),
+        };
+        session.reply("connected", &hello, None);
+    };
+    let registration = match hub.connect(identity, Wire::WebSocket, greet).await {
         Ok(registration) => registration,
         Err(ConnectError::TooManyConnections) => {
             tracing::info!(user = %user, "connection refused: too many connections for this user");
@@ -147,12 +155,6 @@ async fn open(
     };
     let session = registration.session();
     tracing::debug!(client = %session.client_id, user = %session.user().id, "connected");
-    let hello = Connected {
-        client_id: session.client_id.to_string(),
-        user: session.user().clone(),
-        timestamp: now_millis(),
-    };
-    session.reply("connected", &hello, None);
     if let Some(room) = room {
         hub.join_at_connect(session, room).await;
     }

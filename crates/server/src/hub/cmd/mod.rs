@@ -15,6 +15,7 @@ mod ping;
 mod private;
 mod rtc;
 mod send;
+mod share;
 mod status;
 mod typing;
 
@@ -100,7 +101,9 @@ impl Hub {
             Request::MarkRead { room_id, offset } => {
                 mark_read::run(self, session, room_id, offset, r).await
             }
-            Request::ShareFile { .. } => Err(ErrorKind::NotSupported("share_file")),
+            Request::ShareFile { room_id, file_id } => {
+                share::run(self, session, room_id, file_id, r).await
+            }
             Request::History(q) => history::run(self, session, q, r).await,
             Request::RoomMembers(q) => members::run(self, session, q, r).await,
             Request::Rtc(signal) => rtc::run(self, session, signal).await,

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use switchboard_protocol::{
-    Ack, ErrorKind, Ref, SendPrivateMessage, dm_peer, dm_room, is_valid_user_id, now_millis,
+    Ack, ErrorKind, Ref, SendPrivateMessage, dm_peer, dm_room, is_valid_room_id, is_valid_user_id,
+    now_millis,
 };
 
 use super::send::user_scope;
@@ -30,6 +31,14 @@ pub(super) async fn run(
                 .into(),
         ));
     }
+    // The conversation must be a room id that join_room and history accept.
+    if !is_valid_room_id(&room) {
+        return Err(ErrorKind::InvalidPayload(
+            "the two user ids are too long for a conversation: dm:<a>:<b> is at most 128 \
+             characters"
+                .into(),
+        ));
+    }
     let at = now_millis();
     for user in [&sender.id, &p.recipient_id] {
         hub.store().write_later(WriteOp::AddMember {
@@ -46,8 +55,9 @@ pub(super) async fn run(
         kind: p.kind,
         metadata: serde_json::Value::Object(Default::default()),
         timestamp: at,
+        // A scope of its own: a room message's key never swallows a private one.
         dedupe: p.client_message_id.map(|key| DedupeKey {
-            scope: user_scope(&sender.id),
+            scope: format!("{}:private", user_scope(&sender.id)),
             key,
         }),
         recipient: Some(p.recipient_id),

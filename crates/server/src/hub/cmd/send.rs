@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchboard_protocol::{Ack, ErrorKind, Ref, SYSTEM_ROOM, SendMessage, now_millis};
+use switchboard_protocol::{
+    Ack, DM_ROOM_PREFIX, ErrorKind, Ref, SYSTEM_ROOM, SendMessage, now_millis,
+};
 
 use crate::hub::{Hub, Session};
 use crate::store::{Completion, DedupeKey, Draft};
@@ -22,7 +24,8 @@ pub(super) async fn run(
     m: SendMessage,
     r: Option<&Ref>,
 ) -> Result<(), ErrorKind> {
-    if m.room_id == SYSTEM_ROOM {
+    // Private conversations take `send_private_message`, which reaches the recipient.
+    if m.room_id == SYSTEM_ROOM || m.room_id.starts_with(DM_ROOM_PREFIX) {
         return Err(ErrorKind::Forbidden);
     }
     if !session.in_room(&m.room_id) {
@@ -44,6 +47,13 @@ pub(super) async fn run(
         recipient: None,
         origin: Some(session.client_id.clone()),
     };
+    append(hub, session, draft, r).await;
+    Ok(())
+}
+
+/// Stores `draft` (then the room gets it); with a `ref`, the sender gets `ack` once it
+/// is durable, or the error.
+pub(super) async fn append(hub: &Hub, session: &Arc<Session>, draft: Draft, r: Option<&Ref>) {
     let s = session.clone();
     let r = r.cloned();
     let received = Instant::now();
@@ -65,5 +75,4 @@ pub(super) async fn run(
         }
     });
     hub.store().append(draft, done).await;
-    Ok(())
 }

@@ -213,10 +213,11 @@ pub(super) async fn apply(
                     .rows_affected(),
             )
         }
-        WriteOp::InsertFile(f) => changed(
+        WriteOp::InsertFile { file: f, quota } => changed(
             sqlx::query(
                 "INSERT INTO files (id, owner, name, size, type, sha256, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+                 SELECT ?, ?, ?, ?, ?, ?, ? WHERE ? IS NULL \
+                 OR (SELECT COALESCE(SUM(size), 0) FROM files WHERE owner = ?) + ? <= ?",
             )
             .bind(&f.id)
             .bind(&f.owner)
@@ -225,39 +226,38 @@ pub(super) async fn apply(
             .bind(&f.kind)
             .bind(&f.sha256)
             .bind(f.created_at as i64)
+            .bind(quota.map(|q| q as i64))
+            .bind(&f.owner)
+            .bind(f.size as i64)
+            .bind(quota.map(|q| q as i64))
             .execute(&mut *conn)
             .await
             .map_err(classify)?,
         ),
         WriteOp::ShareFile { file, room } => {
-            sqlx::query("UPDATE files SET shared = 1 WHERE id = ?")
+            let found = sqlx::query("UPDATE files SET shared = 1 WHERE id = ?")
                 .bind(file)
                 .execute(&mut *conn)
                 .await
-                .map_err(classify)?;
-            changed(
+                .map_err(classify)?
+                .rows_affected();
+            if found > 0 {
                 sqlx::query("INSERT OR IGNORE INTO file_rooms (file_id, room) VALUES (?, ?)")
                     .bind(file)
                     .bind(room)
                     .execute(&mut *conn)
                     .await
-                    .map_err(classify)?,
-            )
+                    .map_err(classify)?;
+            }
+            WriteOutcome::Changed(found > 0)
         }
-        WriteOp::DeleteFile { id } => {
-            sqlx::query("DELETE FROM file_rooms WHERE file_id = ?")
+        WriteOp::DeleteOrphanFile { id } => changed(
+            sqlx::query("DELETE FROM files WHERE id = ? AND shared = 0")
                 .bind(id)
                 .execute(&mut *conn)
                 .await
-                .map_err(classify)?;
-            changed(
-                sqlx::query("DELETE FROM files WHERE id = ?")
-                    .bind(id)
-                    .execute(&mut *conn)
-                    .await
-                    .map_err(classify)?,
-            )
-        }
+                .map_err(classify)?,
+        ),
         WriteOp::PushAttempted {
             id,
             attempts,
@@ -644,7 +644,9 @@ impl UserStore for SqliteStore {
         .boxed()
     }
 
-    fn interesting_users(&self) -> BoxFuture<'_, Result<(Vec<String>, Vec<String>), StoreError>> {
+    fn interesting_users(
+        &self,
+    ) -> BoxFuture<'_, Result<super::super::users::InterestingUsers, StoreError>> {
         async move {
             let with_contacts = sqlx::query_scalar("SELECT DISTINCT user_id FROM contacts")
                 .fetch_all(&self.reads)
