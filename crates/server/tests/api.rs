@@ -39,6 +39,17 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/api/users/me/contacts", "/api/users/me/contacts"),
     ("get", "/api/users/me/rooms", "/api/users/me/rooms"),
     ("get", "/api/notifications", "/api/notifications"),
+    ("post", "/api/files", "/api/files"),
+    (
+        "get",
+        "/api/files/{id}",
+        "/api/files/0123456789abcdef0123456789abcdef",
+    ),
+    (
+        "get",
+        "/api/files/{id}/meta",
+        "/api/files/0123456789abcdef0123456789abcdef/meta",
+    ),
     ("post", "/api/notifications/read", "/api/notifications/read"),
     ("get", "/api/ice-servers", "/api/ice-servers"),
     ("get", "/openapi.json", "/openapi.json"),

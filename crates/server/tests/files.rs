@@ -201,6 +201,18 @@ async fn share_file_refuses_what_is_not_yours_or_not_there() {
         .request("share_file", json!({"roomId": "design"}))
         .await;
     alice.expect_error("File not found").await;
+    // Not into a private conversation, even one's own.
+    alice
+        .send(json!({"type": "join_room", "data": {"roomId": "dm:alice:bob"}, "ref": 2}))
+        .await;
+    alice.next_of("room_joined").await;
+    alice
+        .request(
+            "share_file",
+            json!({"roomId": "dm:alice:bob", "fileId": id}),
+        )
+        .await;
+    alice.expect_error("Forbidden").await;
     // Nothing was shared: bob still may not read it.
     assert_eq!(
         srv.get_as("bob", &format!("/api/files/{id}/meta")).await.0,
