@@ -390,6 +390,7 @@ async fn limits_and_quotas_refuse_before_keeping_anything() {
         .post(srv.http("/api/files"))
         .header("authorization", bearer("alice"))
         .header("x-file-name", "c.bin")
+        .header("content-type", "application/octet-stream")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
             chunks,
         )))
@@ -401,7 +402,7 @@ async fn limits_and_quotas_refuse_before_keeping_anything() {
     let (status, _) = upload_raw(&srv, "bob", "b.bin", "application/octet-stream", part).await;
     assert_eq!(status, 201);
 
-    // Bad requests.
+    // Bad requests, and a raw body without a name.
     let resp = reqwest::Client::new()
         .post(srv.http("/api/files"))
         .header("authorization", bearer("alice"))
@@ -409,7 +410,18 @@ async fn limits_and_quotas_refuse_before_keeping_anything() {
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 400, "no X-File-Name");
+    assert_eq!(resp.status(), 400, "no Content-Type");
+    let resp = reqwest::Client::new()
+        .post(srv.http("/api/files"))
+        .header("authorization", bearer("alice"))
+        .header("content-type", "text/plain")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201, "no X-File-Name: named `file`");
+    let unnamed: Value = resp.json().await.unwrap();
+    assert_eq!(unnamed["name"], "file");
     let form = reqwest::multipart::Form::new().text("other", "x");
     let resp = reqwest::Client::new()
         .post(srv.http("/api/files"))
@@ -422,12 +434,13 @@ async fn limits_and_quotas_refuse_before_keeping_anything() {
     let resp = reqwest::Client::new()
         .post(srv.http("/api/files"))
         .header("x-file-name", "a")
+        .header("content-type", "text/plain")
         .body("x")
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    // Nothing refused was kept: only the two accepted files are on disk.
+    // Nothing refused was kept: only the three accepted files are on disk.
     let mut kept = 0;
     for dir in std::fs::read_dir(srv.dir.path().join("files")).unwrap() {
         let dir = dir.unwrap();
@@ -435,7 +448,60 @@ async fn limits_and_quotas_refuse_before_keeping_anything() {
             kept += std::fs::read_dir(dir.path()).unwrap().count();
         }
     }
-    assert_eq!(kept, 2);
+    assert_eq!(kept, 3);
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_form_keeps_nothing_even_after_its_file_part() {
+    let srv = TestServer::start().await;
+    let part = |name: &str, body: &str| {
+        format!(
+            "--B\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"f.txt\"\r\nContent-Type: text/plain\r\n\r\n{body}\r\n"
+        )
+    };
+    for (form, why) in [
+        (
+            format!("{}{}--B--\r\n", part("file", "one"), part("file", "two")),
+            "two file parts",
+        ),
+        (
+            format!("{}{}--B--\r\n", part("file", "one"), part("", "x")),
+            "a part without a name",
+        ),
+        (
+            format!("{}--B\r\nbroken", part("file", "one")),
+            "a form cut short",
+        ),
+    ] {
+        let resp = reqwest::Client::new()
+            .post(srv.http("/api/files"))
+            .header("authorization", bearer("alice"))
+            .header("content-type", "multipart/form-data; boundary=B")
+            .body(form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "{why}");
+    }
+    let form = format!("{}{}--B--\r\n", part("note", "x"), part("file", "kept"));
+    let resp = reqwest::Client::new()
+        .post(srv.http("/api/files"))
+        .header("authorization", bearer("alice"))
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let mut kept = 0;
+    for dir in std::fs::read_dir(srv.dir.path().join("files")).unwrap() {
+        let dir = dir.unwrap();
+        if dir.file_type().unwrap().is_dir() && dir.file_name() != "tmp" {
+            kept += std::fs::read_dir(dir.path()).unwrap().count();
+        }
+    }
+    assert_eq!(kept, 1);
     srv.stop().await;
 }
 
@@ -479,7 +545,9 @@ async fn an_oversized_upload_is_refused_without_the_server_holding_it() {
             )));
         req = match multipart {
             true => req.header("content-type", "multipart/form-data; boundary=B"),
-            false => req.header("x-file-name", "big"),
+            false => req
+                .header("x-file-name", "big")
+                .header("content-type", "application/octet-stream"),
         };
         // The server answers as soon as the limit is passed; the client may see its
         // answer or a connection closed under its remaining bytes.

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// A server whose users go offline `grace` seconds after their last device.
 async fn server(grace: u64) -> TestServer {
@@ -170,10 +170,9 @@ async fn contact_lists_are_replaced_checked_and_listed() {
     assert_eq!(contacts[1]["id"], "carol");
     assert_eq!(contacts[1]["status"], "offline");
 
-    // Too many, a bad id, no key, the user itself: refused, the list unchanged.
+    // Too many, a bad id, no key: refused, the list unchanged.
     assert_eq!(srv.set_contacts("alice", &["a", "b", "c", "d"]).await, 400);
     assert_eq!(srv.set_contacts("alice", &["not an id"]).await, 400);
-    assert_eq!(srv.set_contacts("alice", &["alice"]).await, 400);
     let unauthorized = reqwest::Client::new()
         .put(srv.http("/api/users/alice/contacts"))
         .json(&json!({"contacts": []}))
@@ -183,6 +182,17 @@ async fn contact_lists_are_replaced_checked_and_listed() {
     assert_eq!(unauthorized.status(), 401);
     let (_, body) = srv.get_as("alice", "/api/users/me/contacts").await;
     assert_eq!(body["contacts"].as_array().unwrap().len(), 2);
+
+    // The user itself is no contact of its own: dropped from the list.
+    assert_eq!(srv.set_contacts("alice", &["alice", "bob"]).await, 200);
+    let (_, body) = srv.get_as("alice", "/api/users/me/contacts").await;
+    let ids: Vec<&Value> = body["contacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["id"])
+        .collect();
+    assert_eq!(ids, [&json!("bob")], "{body}");
 
     // Emptied.
     assert_eq!(srv.set_contacts("alice", &[]).await, 200);

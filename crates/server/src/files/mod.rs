@@ -227,6 +227,17 @@ impl Files {
         Ok(record)
     }
 
+    /// Deletes a file just uploaded, whose request then failed.
+    pub async fn discard(&self, f: &FileRecord) {
+        let op = WriteOp::DeleteOrphanFile { id: f.id.clone() };
+        if let Err(e) = self.store.write(op).await {
+            tracing::warn!(error = %e, file = %f.id, "forgetting a discarded file failed");
+        }
+        if let Err(e) = self.storage.delete(&f.id).await {
+            tracing::warn!(error = %e, file = %f.id, "removing a discarded file failed");
+        }
+    }
+
     /// What clients see of a file, with a fresh signed link.
     pub fn view(&self, f: &FileRecord, with_hash: bool) -> FileView {
         FileView {

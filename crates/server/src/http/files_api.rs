@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 use super::extract::User;
 use crate::app::App;
 use crate::error::{ApiError, ErrorBody};
-use crate::files::{FileView, LinkError, NewUpload, UploadError, magic};
+use crate::files::{FileView, Files, LinkError, NewUpload, UploadError, magic};
 use crate::store::{FileRecord, StoreError};
 
 /// Room for the multipart framing around the file part.
@@ -84,13 +84,13 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Uploads a file: `multipart/form-data` with a `file` part (a browser's `FormData`),
 /// or a raw body with its `Content-Type` and an `X-File-Name` header (percent-encoded
-/// UTF-8). Streamed to storage; larger than `files.max_bytes`: 413 `too_large`; past
+/// UTF-8; `file` without one). Streamed to storage; larger than `files.max_bytes`: 413 `too_large`; past
 /// the uploader's `files.user_quota_bytes`: 413 `quota_exceeded`; a declared raster
 /// image, audio or video type whose bytes are not of that kind: 400. Files never shared
 /// are deleted after `files.orphan_ttl_secs`.
 #[utoipa::path(post, path = "/api/files", tag = "user",
     security(("bearer" = [])),
-    params(("X-File-Name" = Option<String>, Header, description = "the file's name, for a raw body (percent-encoded UTF-8)")),
+    params(("X-File-Name" = Option<String>, Header, description = "the file's name, for a raw body (percent-encoded UTF-8; default `file`)")),
     request_body(content(
         (UploadForm = "multipart/form-data"),
         (Vec<u8> = "application/octet-stream"),
@@ -120,59 +120,18 @@ pub async fn upload(
             if length.is_some_and(|n| n > max + MULTIPART_SLACK) {
                 return Err(UploadError::TooLarge(max).into());
             }
-            let boundary = multer::parse_boundary(ct)
-                .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
-            let limits = multer::Constraints::new()
-                .size_limit(multer::SizeLimit::new().whole_stream(max + MULTIPART_SLACK));
-            let mut form =
-                multer::Multipart::with_constraints(body.into_data_stream(), boundary, limits);
-            loop {
-                let field = form.next_field().await.map_err(|e| match e {
-                    multer::Error::StreamSizeExceeded { .. } => UploadError::TooLarge(max).into(),
-                    e => ApiError::bad_request(format!("multipart: {e}")),
-                })?;
-                let Some(field) = field else {
-                    return Err(ApiError::bad_request(
-                        "multipart form without a `file` part",
-                    ));
-                };
-                if field.name() != Some("file") {
-                    continue;
-                }
-                let new = NewUpload {
-                    owner: owner.clone(),
-                    name: field.file_name().unwrap_or("file").to_string(),
-                    declared: field.content_type().map(|m| m.essence_str().to_string()),
-                };
-                let bytes = field.map(|chunk| {
-                    chunk.map_err(|e| match e {
-                        multer::Error::StreamSizeExceeded { .. } => {
-                            format!("the file is larger than the limit of {max} bytes")
-                        }
-                        e => e.to_string(),
-                    })
-                });
-                break files
-                    .upload(new, None, Box::pin(bytes))
-                    .await
-                    .map_err(|e| match e {
-                        UploadError::Body(m) if m.starts_with("the file is larger") => {
-                            UploadError::TooLarge(max)
-                        }
-                        e => e,
-                    })?;
-            }
+            from_form(files, owner, ct, body).await?
         }
-        _ => {
-            let Some(name) = header_name(&headers) else {
-                return Err(ApiError::bad_request(
-                    "a raw upload needs an X-File-Name header (or send multipart/form-data \
-                     with a `file` part)",
-                ));
-            };
+        None => {
+            return Err(ApiError::bad_request(
+                "no Content-Type: send multipart/form-data with a `file` part, or the raw \
+                 bytes with their type",
+            ));
+        }
+        Some(_) => {
             let new = NewUpload {
                 owner,
-                name,
+                name: header_name(&headers).unwrap_or_else(|| "file".to_string()),
                 declared: content_type,
             };
             files.upload(new, length, body.into_data_stream()).await?
@@ -183,12 +142,125 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(files.view(&record, true))).into_response())
 }
 
-/// The multipart form of an upload.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct UploadForm {
-    #[schema(value_type = String, format = Binary)]
-    file: Vec<u8>,
+/// Names of form parts: what a form's fields are called.
+fn valid_part_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// The upload of a multipart form: its one `file` part, kept only if the whole form is
+/// well formed (other parts are read and dropped).
+async fn from_form(
+    files: &Files,
+    owner: String,
+    content_type: &str,
+    body: Body,
+) -> Result<FileRecord, ApiError> {
+    let max = files.config().max_bytes;
+    let boundary = multer::parse_boundary(content_type)
+        .map_err(|e| ApiError::bad_request(format!("multipart: {e}")))?;
+    let limits = multer::Constraints::new()
+        .size_limit(multer::SizeLimit::new().whole_stream(max + MULTIPART_SLACK));
+    let mut form = multer::Multipart::with_constraints(body.into_data_stream(), boundary, limits);
+    let mut kept = None;
+    let read = read_form(files, &owner, max, &mut form, &mut kept).await;
+    match (read, kept) {
+        (Ok(()), Some(file)) => Ok(file),
+        (Ok(()), None) => Err(ApiError::bad_request(
+            "multipart form without a `file` part",
+        )),
+        (Err(e), kept) => {
+            if let Some(file) = kept {
+                files.discard(&file).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn read_form(
+    files: &Files,
+    owner: &str,
+    max: u64,
+    form: &mut multer::Multipart<'static>,
+    kept: &mut Option<FileRecord>,
+) -> Result<(), ApiError> {
+    let failed = |e: multer::Error| match e {
+        multer::Error::StreamSizeExceeded { .. } => ApiError::from(UploadError::TooLarge(max)),
+        e => ApiError::bad_request(format!("multipart: {e}")),
+    };
+    while let Some(field) = form.next_field().await.map_err(failed)? {
+        let name = field.name().unwrap_or_default();
+        if !valid_part_name(name) {
+            return Err(ApiError::bad_request(
+                "multipart: part names are 1-64 characters of A-Za-z0-9_.-",
+            ));
+        }
+        if name != "file" {
+            continue;
+        }
+        if kept.is_some() {
+            return Err(ApiError::bad_request(
+                "multipart: more than one `file` part",
+            ));
+        }
+        let new = NewUpload {
+            owner: owner.to_string(),
+            name: field.file_name().unwrap_or("file").to_string(),
+            declared: field.content_type().map(|m| m.essence_str().to_string()),
+        };
+        let bytes = field.map(|chunk| {
+            chunk.map_err(|e| match e {
+                multer::Error::StreamSizeExceeded { .. } => TOO_LARGE.to_string(),
+                e => e.to_string(),
+            })
+        });
+        let file = files
+            .upload(new, None, Box::pin(bytes))
+            .await
+            .map_err(|e| match e {
+                UploadError::Body(m) if m == TOO_LARGE => UploadError::TooLarge(max),
+                e => e,
+            })?;
+        *kept = Some(file);
+    }
+    Ok(())
+}
+
+/// How the form's reader says it passed its limit.
+const TOO_LARGE: &str = "too large";
+
+/// The multipart form of an upload: the `file` part; other parts (with names of
+/// `A-Za-z0-9_.-`, as a form's fields have) are ignored.
+pub struct UploadForm;
+
+impl utoipa::ToSchema for UploadForm {}
+
+impl utoipa::PartialSchema for UploadForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, KnownFormat, ObjectBuilder, SchemaFormat, Type,
+        };
+        ObjectBuilder::new()
+            .property(
+                "file",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary))),
+            )
+            .required("file")
+            .property_names(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^[A-Za-z0-9_.-]{1,64}$")),
+            ))
+            .additional_properties(Some(AdditionalProperties::RefOr(
+                ObjectBuilder::new().schema_type(Type::String).into(),
+            )))
+            .into()
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -236,7 +308,9 @@ async fn readable(
         }
         (None, None) => false,
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "bad_signature",
                 "a signed link needs both expires and sig",
             ));
         }
@@ -342,7 +416,7 @@ fn disposition(inline: bool, name: &str) -> String {
 #[utoipa::path(get, path = "/api/files/{id}", tag = "user",
     security((), ("bearer" = [])),
     params(FilePath, LinkQuery),
-    responses((status = 200, description = "the file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+    responses((status = 200, description = "the file's bytes, with the file's type", content_type = "*/*", body = Vec<u8>),
         (status = 206, description = "the requested range"),
         (status = 304, description = "not modified (If-None-Match)"),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),

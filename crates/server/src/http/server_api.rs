@@ -368,8 +368,8 @@ pub async fn publish(
 
 #[derive(Deserialize, ToSchema)]
 pub struct ContactsRequest {
-    /// User ids, each 1-123 characters of `A-Za-z0-9_-.:@`, not the user itself; at
-    /// most `presence.max_contacts` (default 1000).
+    /// User ids, each 1-123 characters of `A-Za-z0-9_-.:@` (the user itself is
+    /// dropped); at most `presence.max_contacts` (default 1000).
     #[schema(schema_with = contact_ids)]
     contacts: Vec<String>,
 }
@@ -383,7 +383,7 @@ pub struct ContactsSet {
 /// status it sees in `GET /api/users/me/contacts`.
 #[utoipa::path(put, path = "/api/users/{id}/contacts", tag = "server",
     security(("api_key" = [])), request_body = ContactsRequest,
-    params(("id" = String, Path, description = "user id")),
+    params(("id" = String, Path, pattern = r"^[A-Za-z0-9_.:@-]{1,123}$", description = "user id")),
     responses((status = 200, body = ContactsSet), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
 pub async fn set_contacts(
     _: ApiKey,
@@ -402,10 +402,9 @@ pub async fn set_contacts(
     if let Some(bad) = req.contacts.iter().find(|c| !is_valid_user_id(c)) {
         return Err(ApiError::bad_request(format!("invalid contact id {bad:?}")));
     }
-    if req.contacts.contains(&id) {
-        return Err(ApiError::bad_request("a user is not its own contact"));
-    }
+    // The user itself is no contact of its own.
     let mut contacts = req.contacts;
+    contacts.retain(|c| *c != id);
     contacts.sort();
     contacts.dedup();
     let n = contacts.len();
