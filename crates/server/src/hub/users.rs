@@ -167,15 +167,17 @@ impl Hub {
         let hub = self.clone();
         let session = session.clone();
         let grace = Duration::from_secs(self.inner.settings.offline_grace_secs);
+        // The grace starts now, before the device count is read, so that the user is
+        // never seen offline without a `lastSeen` in between.
+        let left_at = now_millis();
+        let token = self.inner.leaving.start(&session.user().id);
         self.run_detached(async move {
-            let id = &session.user().id;
-            if hub.presence().devices(id).await.unwrap_or(0) > 0 {
+            let id = session.user().id.clone();
+            if hub.presence().devices(&id).await.unwrap_or(0) > 0 {
+                hub.inner.leaving.finish(&id, token);
                 hub.tell_devices(&session, "device_disconnected");
                 return;
             }
-            let id = id.clone();
-            let left_at = now_millis();
-            let token = hub.inner.leaving.start(&id);
             tokio::time::sleep(grace).await;
             // Still "leaving" (online to the others) until `lastSeen` is stored, so
             // that nobody sees it offline without one.
