@@ -285,29 +285,14 @@ async fn ranges_and_names() {
     assert_eq!(file["name"], "résumé.bin");
     let url = srv.http(file["url"].as_str().unwrap());
     let http = reqwest::Client::new();
-    let resp = http
-        .get(&url)
-        .header("range", "bytes=100-199")
-        .send()
-        .await
-        .unwrap();
+    let resp = ranged(&http, &url, "bytes=100-199").await;
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.headers()["content-range"], "bytes 100-199/10000");
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &bytes[100..200]);
-    let resp = http
-        .get(&url)
-        .header("range", "bytes=-10")
-        .send()
-        .await
-        .unwrap();
+    let resp = ranged(&http, &url, "bytes=-10").await;
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.bytes().await.unwrap().as_ref(), &bytes[9990..]);
-    let resp = http
-        .get(&url)
-        .header("range", "bytes=20000-")
-        .send()
-        .await
-        .unwrap();
+    let resp = ranged(&http, &url, "bytes=20000-").await;
     assert_eq!(resp.status(), 416);
     assert_eq!(resp.headers()["content-range"], "bytes */10000");
     let resp = http.get(&url).send().await.unwrap();
@@ -503,6 +488,10 @@ async fn a_malformed_form_keeps_nothing_even_after_its_file_part() {
     }
     assert_eq!(kept, 1);
     srv.stop().await;
+}
+
+async fn ranged(http: &reqwest::Client, url: &str, range: &str) -> reqwest::Response {
+    http.get(url).header("range", range).send().await.unwrap()
 }
 
 /// Resident memory of a process, in KiB.

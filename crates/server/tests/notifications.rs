@@ -109,6 +109,38 @@ async fn an_offline_member_gets_one_entry_per_room_however_many_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_stands_still_while_its_user_is_back_and_takes_the_next_absence_on() {
+    let srv = TestServer::with(grace0).await;
+    let mut alice = alice_with_offline_bob(&srv, "team").await;
+    send(&mut alice, "team", json!("one"), 1).await;
+    send(&mut alice, "team", json!("two"), 2).await;
+    let first = entry_with_count(&srv, "bob", 2).await;
+
+    // Back online, unread: what it sees live, its own words included, is no news.
+    let mut bob = srv.member("bob", "team").await;
+    send(&mut alice, "team", json!("live"), 3).await;
+    send(&mut bob, "team", json!("mine"), 1).await;
+    let entries = inbox(&srv, "bob", true).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["id"], first["id"]);
+    assert_eq!(entries[0]["count"], 2);
+    assert_eq!(entries[0]["message"], "two");
+    assert_eq!(entries[0]["sender"]["id"], "alice");
+
+    // Gone again: the same unread entry counts this absence on top.
+    drop(bob);
+    eventually("bob is offline", || async {
+        !srv.hub.is_online("bob").await
+    })
+    .await;
+    send(&mut alice, "team", json!("three"), 4).await;
+    let again = entry_with_count(&srv, "bob", 3).await;
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["message"], "three");
+    srv.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reading_one_entry_and_messages_after_it_open_a_new_one() {
     let srv = TestServer::with(grace0).await;
     let mut alice = alice_with_offline_bob(&srv, "a").await;

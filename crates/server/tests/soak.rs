@@ -246,5 +246,8 @@ async fn joiners_of_a_huge_room_cost_bounded_memory() {
     }
     let growth = rss_bytes(server.pid()).saturating_sub(before);
     eprintln!("ten joiners of a 48 MiB room: RSS +{} KiB", growth / 1024);
-    assert!(growth < 32 << 20, "RSS grew by {} KiB", growth / 1024);
+    // Materialised replays would hold 10 x 48 MiB. What may remain is transient: ten
+    // concurrent pages of a 1 MB message (row, payload and frame each), and the
+    // allocator's arenas that keep them, more of them when the machine is busy.
+    assert!(growth < 64 << 20, "RSS grew by {} KiB", growth / 1024);
 }

@@ -127,6 +127,13 @@ impl Hub {
             self.tell_devices(session, "device_connected");
         }
         if self.inner.interest.has_unread(&user.id) {
+            // Back online: its entries stop growing (no written-off count of what it
+            // sees live, nor its own messages as the news).
+            if devices == 1 {
+                self.store().write_later(WriteOp::FreezeNotifications {
+                    user: user.id.clone(),
+                });
+            }
             self.deliver_inbox(session);
         }
         // The token's profile is kept as the user's (it may have changed since); an

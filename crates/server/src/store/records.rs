@@ -114,6 +114,11 @@ pub enum WriteOp {
         at: u64,
         entries: Vec<NewEntry>,
     },
+    /// The user is back online: its unread entries stop at the rooms' current heads
+    /// (what comes while it is online is no offline news).
+    FreezeNotifications {
+        user: String,
+    },
     /// Marks the user's entries read (those of `ids`, or all); answers how many.
     ReadNotifications {
         user: String,

@@ -60,6 +60,11 @@ impl TestServer {
             .bind()
             .await
             .expect("server starts");
+        TestServer::run(server, cfg, dir)
+    }
+
+    /// Runs a bound server until [`TestServer::stop`].
+    fn run(server: Server, config: Config, dir: tempfile::TempDir) -> TestServer {
         let addr = server.local_addr();
         let hub = server.hub().clone();
         let (tx, rx) = oneshot::channel::<()>();
@@ -69,7 +74,7 @@ impl TestServer {
         TestServer {
             addr,
             hub,
-            config: cfg,
+            config,
             stop: Some(tx),
             handle: Some(handle),
             dir,
@@ -109,20 +114,7 @@ impl TestServer {
             .bind()
             .await
             .expect("server restarts");
-        let addr = server.local_addr();
-        let hub = server.hub().clone();
-        let (tx, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(server.run_until(async {
-            let _ = rx.await;
-        }));
-        TestServer {
-            addr,
-            hub,
-            config: self.config.clone(),
-            stop: Some(tx),
-            handle: Some(handle),
-            dir,
-        }
+        TestServer::run(server, self.config.clone(), dir)
     }
 
     /// GET `path` as user `sub` (its JWT); the status and the JSON body (Null if none).

@@ -5,17 +5,15 @@
 //! members of the conversation, so it is in their rooms, their recovery and history.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use switchboard_protocol::{
-    Ack, ErrorKind, Ref, SendPrivateMessage, dm_peer, dm_room, is_valid_room_id, is_valid_user_id,
+    ErrorKind, Ref, SendPrivateMessage, dm_peer, dm_room, is_valid_room_id, is_valid_user_id,
     now_millis,
 };
 
 use super::send::user_scope;
-use super::store_error;
 use crate::hub::{Hub, Session};
-use crate::store::{Completion, DedupeKey, Draft, WriteOp};
+use crate::store::{DedupeKey, Draft, WriteOp};
 
 pub(super) async fn run(
     hub: &Hub,
@@ -63,26 +61,6 @@ pub(super) async fn run(
         recipient: Some(p.recipient_id),
         origin: Some(session.client_id.clone()),
     };
-    let s = session.clone();
-    let r = r.cloned();
-    let received = Instant::now();
-    let latency = hub.metrics().publish_latency.clone();
-    let done = Completion::new(move |result| match result {
-        Ok(c) => {
-            latency.record(received.elapsed().as_secs_f64());
-            if r.is_some() {
-                let ack = Ack {
-                    id: c.id,
-                    offset: Some(c.position.offset),
-                    duplicate: c.duplicate,
-                };
-                s.reply("ack", &ack, r.as_ref());
-            }
-        }
-        Err(e) => {
-            s.error(&store_error("storing a private message", e), r.as_ref());
-        }
-    });
-    hub.store().append(draft, done).await;
+    super::send::append(hub, session, draft, r).await;
     Ok(())
 }

@@ -169,10 +169,29 @@ pub(super) async fn apply(
                 .map_err(classify)?
                 .rows_affected()
                     > 0;
+                let mut push = e.push.clone();
                 if !inserted {
-                    continue;
+                    // An unread entry the user came back to, then left: it takes this
+                    // offline spell on, and is pushed again with its whole count.
+                    let reopened: Option<(String, i64)> = sqlx::query_as(
+                        "UPDATE notifications SET \
+                         base_count = base_count + last_offset - first_offset + 1, \
+                         first_offset = ?, last_offset = NULL \
+                         WHERE user_id = ? AND room = ? AND read = 0 AND last_offset IS NOT NULL \
+                         RETURNING id, base_count",
+                    )
+                    .bind(*first_offset as i64)
+                    .bind(&e.user)
+                    .bind(room)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(classify)?;
+                    let Some((id, base)) = reopened else {
+                        continue;
+                    };
+                    push = push.map(|body| reopened_push(&body, &id, base as u64 + 1));
                 }
-                if let Some(body) = &e.push {
+                if let Some(body) = &push {
                     sqlx::query("INSERT INTO pushes (body, next_at, created_at) VALUES (?, ?, ?)")
                         .bind(body)
                         .bind(*at as i64)
@@ -185,6 +204,17 @@ pub(super) async fn apply(
             }
             WriteOutcome::Opened(opened)
         }
+        WriteOp::FreezeNotifications { user } => changed(
+            sqlx::query(
+                "UPDATE notifications SET last_offset = MAX(first_offset - 1, COALESCE(\
+                 (SELECT r.head FROM rooms r WHERE r.room = notifications.room), 0)) \
+                 WHERE user_id = ? AND read = 0 AND last_offset IS NULL",
+            )
+            .bind(user)
+            .execute(&mut *conn)
+            .await
+            .map_err(classify)?,
+        ),
         WriteOp::ReadNotifications { user, ids } => {
             // Freezes what the entry shows from its room at the moment it is read.
             let v = shown();
@@ -279,6 +309,19 @@ pub(super) async fn apply(
     })
 }
 
+/// A push body made for a new entry (`{userId, notification}`), given the id and count
+/// of the entry it reopened instead.
+fn reopened_push(body: &str, id: &str, count: u64) -> String {
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            v["notification"]["id"] = id.into();
+            v["notification"]["count"] = count.into();
+            v.to_string()
+        }
+        Err(_) => body.to_string(),
+    }
+}
+
 /// What an unread entry shows, read from its room: how many messages since its first
 /// offset, and the newest one's content (first 100 characters), sender and time. A
 /// private message's payload has the same `content`, `sender` and `timestamp`.
@@ -291,15 +334,16 @@ struct Shown {
 }
 
 fn shown() -> Shown {
-    const HEAD: &str = "(SELECT r.head FROM rooms r WHERE r.room = notifications.room)";
+    const LAST: &str = "COALESCE(notifications.last_offset, \
+         (SELECT r.head FROM rooms r WHERE r.room = notifications.room))";
     let latest = |path: &str| {
         format!(
             "json_extract((SELECT m.data FROM messages m WHERE m.room = notifications.room \
-             AND m.seq = {HEAD}), '{path}')"
+             AND m.seq = {LAST}), '{path}')"
         )
     };
     Shown {
-        count: format!("{HEAD} - notifications.first_offset + 1"),
+        count: format!("notifications.base_count + {LAST} - notifications.first_offset + 1"),
         message: format!("substr({}, 1, 100)", latest("$.content")),
         sender_id: latest("$.sender.id"),
         sender_name: latest("$.sender.username"),

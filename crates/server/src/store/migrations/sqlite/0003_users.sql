@@ -32,7 +32,11 @@ CREATE TABLE notifications (
     user_id TEXT NOT NULL,
     room TEXT NOT NULL,
     type TEXT NOT NULL,
+    -- The entry covers the room's messages from first_offset to last_offset (NULL: to
+    -- the head, while the user is offline), plus base_count of earlier offline spells.
     first_offset INTEGER NOT NULL,
+    last_offset INTEGER,
+    base_count INTEGER NOT NULL DEFAULT 0,
     created_at INTEGER NOT NULL,
     read INTEGER NOT NULL DEFAULT 0,
     count INTEGER,
