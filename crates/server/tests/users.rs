@@ -387,3 +387,35 @@ async fn read_markers_are_clamped_never_go_back_and_reach_every_device() {
     laptop.expect_error("Room ID is required").await;
     srv.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_users_rooms_come_in_pages() {
+    let srv = server(5).await;
+    let mut bob = srv.client("bob").await;
+    for room in ["c", "a", "b"] {
+        bob.join(room).await;
+    }
+    let (status, page) = srv.get_as("bob", "/api/users/me/rooms?limit=2").await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["roomId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(page["nextCursor"], "b");
+    let (_, page) = srv
+        .get_as("bob", "/api/users/me/rooms?after=b&limit=2")
+        .await;
+    assert_eq!(page["rooms"].as_array().unwrap().len(), 1, "{page}");
+    assert_eq!(page["rooms"][0]["roomId"], "c");
+    assert!(page.get("nextCursor").is_none(), "{page}");
+    for bad in ["limit=0", "limit=1001", "limit=x"] {
+        let (status, _) = srv
+            .get_as("bob", &format!("/api/users/me/rooms?{bad}"))
+            .await;
+        assert_eq!(status, 400, "{bad}");
+    }
+    srv.stop().await;
+}

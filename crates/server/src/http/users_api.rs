@@ -107,8 +107,12 @@ pub async fn my_contacts(
 }
 
 #[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Rooms {
     rooms: Vec<RoomPlace>,
+    /// Where the next page starts (`?after=`), when there may be more.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
 /// Where the user stands in one of its rooms.
@@ -124,18 +128,39 @@ pub struct RoomPlace {
     unread: u64,
 }
 
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RoomsQuery {
+    /// Rooms after this one, in room id order (a page's `nextCursor`).
+    after: Option<String>,
+    /// At most this many (1-1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<u32>,
+}
+
 /// The rooms the caller is a member of (private conversations included), with unread
-/// counts.
+/// counts, by room id, one page at a time.
 #[utoipa::path(get, path = "/api/users/me/rooms", tag = "user",
     security(("bearer" = [])),
-    responses((status = 200, body = Rooms), (status = 401, body = ErrorBody)))]
-pub async fn my_rooms(User(me): User, State(app): State<App>) -> Result<Json<Rooms>, ApiError> {
+    params(RoomsQuery),
+    responses((status = 200, body = Rooms), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn my_rooms(
+    User(me): User,
+    State(app): State<App>,
+    query: Result<Query<RoomsQuery>, QueryRejection>,
+) -> Result<Json<Rooms>, ApiError> {
+    let Query(q) = query?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be 1-1000"));
+    }
     let memberships = app
         .hub
         .store()
-        .rooms_of(&me.user.id)
+        .rooms_of(&me.user.id, q.after.as_deref(), limit)
         .await
         .map_err(failed)?;
+    let full = memberships.len() == limit as usize;
     let mut rooms = Vec::with_capacity(memberships.len());
     for (room_id, last_read) in memberships {
         let head = app.hub.head(&room_id).await.map_err(failed)?.offset;
@@ -146,7 +171,10 @@ pub async fn my_rooms(User(me): User, State(app): State<App>) -> Result<Json<Roo
             unread: head.saturating_sub(last_read),
         });
     }
-    Ok(Json(Rooms { rooms }))
+    let next_cursor = full
+        .then(|| rooms.last().map(|r| r.room_id.clone()))
+        .flatten();
+    Ok(Json(Rooms { rooms, next_cursor }))
 }
 
 #[derive(Deserialize, IntoParams)]

@@ -174,13 +174,23 @@ impl Hub {
 
     /// The rooms of `user` may owe it entries again (it went offline, or read some).
     pub(super) async fn unsettle_rooms_of(&self, user: &str) {
-        match self.store().rooms_of(user).await {
-            Ok(rooms) => {
-                for (room, _) in rooms {
-                    self.inner.settled.unsettle(&room);
+        const PAGE: u32 = 1000;
+        let mut after: Option<String> = None;
+        loop {
+            let page = match self.store().rooms_of(user, after.as_deref(), PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!(error = %e, user, "reading a user's rooms failed");
+                    return;
                 }
+            };
+            for (room, _) in &page {
+                self.inner.settled.unsettle(room);
             }
-            Err(e) => tracing::warn!(error = %e, user, "reading a user's rooms failed"),
+            if page.len() < PAGE as usize {
+                return;
+            }
+            after = page.last().map(|(room, _)| room.clone());
         }
     }
 

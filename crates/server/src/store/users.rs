@@ -68,10 +68,13 @@ pub trait UserStore: Send + Sync {
         cap: u32,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// The rooms `user` is a member of, with its read marker in each.
+    /// Up to `limit` of the rooms `user` is a member of, after `after` in room order,
+    /// with its read marker in each.
     fn rooms_of<'a>(
         &'a self,
         user: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
     ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>>;
 
     /// `user`'s notification entries, newest first.

@@ -564,12 +564,17 @@ impl UserStore for SqliteStore {
     fn rooms_of<'a>(
         &'a self,
         user: &'a str,
+        after: Option<&'a str>,
+        limit: u32,
     ) -> BoxFuture<'a, Result<Vec<(String, u64)>, StoreError>> {
         async move {
             let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT room, last_read FROM memberships WHERE user_id = ? ORDER BY room",
+                "SELECT room, last_read FROM memberships WHERE user_id = ? AND room > ? \
+                 ORDER BY room LIMIT ?",
             )
             .bind(user)
+            .bind(after.unwrap_or(""))
+            .bind(i64::from(limit))
             .fetch_all(&self.reads)
             .await
             .map_err(unavailable)?;
