@@ -144,3 +144,42 @@ async fn members_are_paged_by_cursor() {
         .await;
     outsider.expect_error("Not in room").await;
 }
+
+/// Concurrent joiners each learn of every other member once: from their `room_joined`
+/// list, or from a `user_joined_room`, never both (the joiner's durable membership is
+/// stored before the room sees it, so the wait opens no window for a double).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_joiners_hear_of_each_other_once() {
+    let srv = TestServer::start().await;
+    let n = 8;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(srv.client(&format!("u{i}")).await);
+    }
+    for c in clients.iter_mut() {
+        c.send(json!({"type": "join_room", "data": {"roomId": "busy", "exclusive": false}}))
+            .await;
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let me = format!("u{i}");
+        let mut known: Vec<String> = Vec::new();
+        // Frames come in order: the room_joined, then the announcements after it.
+        let joined = c.next_of("room_joined").await;
+        for m in joined["data"]["members"].as_array().unwrap() {
+            let id = m["id"].as_str().unwrap().to_string();
+            if id != me {
+                known.push(id);
+            }
+        }
+        while known.len() < n - 1 {
+            let e = c.next_of("user_joined_room").await;
+            known.push(e["data"]["user"]["id"].as_str().unwrap().to_string());
+        }
+        let mut unique = known.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), known.len(), "{me} heard twice: {known:?}");
+        c.expect_silence(200).await;
+    }
+    srv.stop().await;
+}

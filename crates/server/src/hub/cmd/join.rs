@@ -162,6 +162,12 @@ pub(super) async fn run(
         return Err(ErrorKind::TooManyRooms);
     }
 
+    // A member from now on, before it hears it joined: what it does next may need it.
+    // Stored before the room sees the joiner, so that this wait does not open a window
+    // in which others join, are listed in its `room_joined` and hear of it again.
+    if participant && &*room != SYSTEM_ROOM {
+        remember_member(hub, session, &room).await?;
+    }
     let mut guard = JoinGuard::begin(hub, session, room.clone());
     hub.broker()
         .subscribe(&room)
@@ -179,10 +185,6 @@ pub(super) async fn run(
     } else {
         None
     };
-    // A member from now on, before it hears it joined: what it does next may need it.
-    if participant && &*room != SYSTEM_ROOM {
-        remember_member(hub, session, &room).await?;
-    }
     let head = hub
         .head(&room)
         .await
