@@ -30,16 +30,7 @@ pub(super) async fn run(
     if !hub.verifier().may_join(&session.identity, &q.room_id) {
         return Err(ErrorKind::Forbidden);
     }
-    // A connection in the room, or a member of it (a conversation's two users are).
-    if !session.in_room(&q.room_id)
-        && store
-            .membership(&q.room_id, &session.user().id)
-            .await
-            .map_err(|e| store_error("reading a membership", e))?
-            .is_none()
-    {
-        return Err(ErrorKind::NotInRoom);
-    }
+    super::in_room_or_member(hub, session, &q.room_id).await?;
     let head = store
         .head(&q.room_id)
         .await

@@ -16,15 +16,7 @@ pub(super) async fn run(
     r: Option<&Ref>,
 ) -> Result<(), ErrorKind> {
     let store = hub.store();
-    if !session.in_room(&q.room_id)
-        && store
-            .membership(&q.room_id, &session.user().id)
-            .await
-            .map_err(|e| store_error("reading a membership", e))?
-            .is_none()
-    {
-        return Err(ErrorKind::NotInRoom);
-    }
+    super::in_room_or_member(hub, session, &q.room_id).await?;
     let mut page = store
         .members(&q.room_id, q.cursor.as_deref(), q.limit + 1)
         .await

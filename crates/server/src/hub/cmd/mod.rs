@@ -112,6 +112,19 @@ impl Hub {
     }
 }
 
+/// `Not in room` unless the session is in `room` or its user is a durable member of it
+/// (a conversation's two users are).
+async fn in_room_or_member(hub: &Hub, session: &Session, room: &str) -> Result<(), ErrorKind> {
+    if session.in_room(room) {
+        return Ok(());
+    }
+    match hub.store().membership(room, &session.user().id).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(ErrorKind::NotInRoom),
+        Err(e) => Err(store_error("reading a membership", e)),
+    }
+}
+
 /// Logs a failure the client cannot fix and answers it with the generic error.
 fn internal(what: &str, e: impl std::fmt::Display) -> ErrorKind {
     tracing::error!(error = %e, "{what} failed");

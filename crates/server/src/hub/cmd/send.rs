@@ -24,13 +24,7 @@ pub(super) async fn run(
     m: SendMessage,
     r: Option<&Ref>,
 ) -> Result<(), ErrorKind> {
-    // Private conversations take `send_private_message`, which reaches the recipient.
-    if m.room_id == SYSTEM_ROOM || m.room_id.starts_with(DM_ROOM_PREFIX) {
-        return Err(ErrorKind::Forbidden);
-    }
-    if !session.in_room(&m.room_id) {
-        return Err(ErrorKind::NotInRoom);
-    }
+    may_post(session, &m.room_id)?;
     let dedupe = m.client_message_id.map(|key| DedupeKey {
         scope: user_scope(&session.user().id),
         key,
@@ -48,6 +42,19 @@ pub(super) async fn run(
         origin: Some(session.client_id.clone()),
     };
     append(hub, session, draft, r).await;
+    Ok(())
+}
+
+/// Whether the session may post a room message to `room`: one it is in, neither
+/// `system` nor a private conversation (those take `send_private_message`, which
+/// reaches the recipient).
+pub(super) fn may_post(session: &Session, room: &str) -> Result<(), ErrorKind> {
+    if room == SYSTEM_ROOM || room.starts_with(DM_ROOM_PREFIX) {
+        return Err(ErrorKind::Forbidden);
+    }
+    if !session.in_room(room) {
+        return Err(ErrorKind::NotInRoom);
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use switchboard_protocol::{DM_ROOM_PREFIX, ErrorKind, Ref, SYSTEM_ROOM, now_millis};
+use switchboard_protocol::{ErrorKind, Ref, now_millis};
 
 use super::store_error;
 use crate::hub::{Hub, Session};
@@ -18,14 +18,7 @@ pub(super) async fn run(
     file_id: String,
     r: Option<&Ref>,
 ) -> Result<(), ErrorKind> {
-    // A conversation's messages are private ones: a file message there would reach no
-    // one (as send_message).
-    if room_id == SYSTEM_ROOM || room_id.starts_with(DM_ROOM_PREFIX) {
-        return Err(ErrorKind::Forbidden);
-    }
-    if !session.in_room(&room_id) {
-        return Err(ErrorKind::NotInRoom);
-    }
+    super::send::may_post(session, &room_id)?;
     let user = session.user();
     let file = hub
         .store()
