@@ -20,6 +20,13 @@ fi
 SWITCHBOARD_CHROMIUM=$(command -v chromium)
 export SWITCHBOARD_CHROMIUM
 
+# The Socket.IO tests drive the official socket.io-client from npm (pinned by
+# crates/server/tests/node/package-lock.json), with the machine's Node.js.
+if ! need node || ! need npm; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+(cd crates/server/tests/node && npm ci --no-audit --no-fund --loglevel=error)
+
 # Load and durability tests open many sockets and files.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 

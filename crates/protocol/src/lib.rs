@@ -11,6 +11,7 @@ mod close;
 mod error;
 mod event;
 mod request;
+pub mod socketio;
 
 pub use close::CloseCode;
 pub use error::ErrorKind;

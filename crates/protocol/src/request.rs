@@ -237,6 +237,23 @@ fn room(id: Option<String>, missing: ErrorKind) -> Result<String, ErrorKind> {
     }
 }
 
+/// A known type's payload: absent or `null` is the empty payload.
+fn payload<T: Default + for<'de> Deserialize<'de>>(
+    data: Option<&RawValue>,
+) -> Result<T, ErrorKind> {
+    match data {
+        Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get()).map_err(payload_error),
+        _ => Ok(T::default()),
+    }
+}
+
+fn custom_data(data: Option<&RawValue>) -> Result<Value, ErrorKind> {
+    match data {
+        Some(raw) => serde_json::from_str(raw.get()).map_err(payload_error),
+        None => Ok(Value::Null),
+    }
+}
+
 /// serde's message without its "at line 1 column 9" tail, which means nothing to a
 /// client that sent one frame.
 fn payload_error(e: serde_json::Error) -> ErrorKind {
@@ -245,7 +262,43 @@ fn payload_error(e: serde_json::Error) -> ErrorKind {
     ErrorKind::InvalidPayload(text)
 }
 
+/// Which protocol's conventions a request follows where the two differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Native,
+    /// Socket.IO events: `join_room` is additive unless `exclusive` is given, and
+    /// `typing_start` / `typing_stop {roomId}` are the typing request.
+    SocketIo,
+}
+
 impl Request {
+    /// A request of type `kind` with payload `data` (JSON), as `dialect` means it.
+    pub fn from_event(
+        kind: &str,
+        data: Option<&RawValue>,
+        dialect: Dialect,
+    ) -> Result<Request, ErrorKind> {
+        if dialect == Dialect::SocketIo {
+            let typing = match kind {
+                "typing_start" => Some(true),
+                "typing_stop" => Some(false),
+                _ => None,
+            };
+            if let Some(is_typing) = typing {
+                let p: Payload = payload(data)?;
+                return Ok(Request::Typing {
+                    room_id: room(p.room_id, ErrorKind::RoomIdRequired)?,
+                    is_typing,
+                });
+            }
+        }
+        let mut request = Request::from_parts(kind, data)?;
+        if let (Dialect::SocketIo, Request::JoinRoom(j)) = (dialect, &mut request) {
+            j.exclusive = payload::<Payload>(data)?.exclusive.unwrap_or(false);
+        }
+        Ok(request)
+    }
+
     fn from_parts(kind: &str, data: Option<&RawValue>) -> Result<Request, ErrorKind> {
         let known = matches!(
             kind,
@@ -265,21 +318,12 @@ impl Request {
                 | "rtc_ice_candidate"
         );
         if !known {
-            let data = match data {
-                Some(raw) => serde_json::from_str(raw.get()).map_err(payload_error)?,
-                None => Value::Null,
-            };
             return Ok(Request::Custom {
                 kind: kind.to_string(),
-                data,
+                data: custom_data(data)?,
             });
         }
-        let p: Payload = match data {
-            Some(raw) if raw.get() != "null" => {
-                serde_json::from_str(raw.get()).map_err(payload_error)?
-            }
-            _ => Payload::default(),
-        };
+        let p: Payload = payload(data)?;
         Ok(match kind {
             "ping" => Request::Ping,
             "join_room" => Request::JoinRoom(JoinRoom {

@@ -38,7 +38,34 @@ pub struct Config {
     pub files: FilesConfig,
     pub notifications: NotificationsConfig,
     pub sse: SseConfig,
+    pub socketio: SocketIoConfig,
     pub ice: IceConfig,
+}
+
+/// The Socket.IO endpoint, `/socket.io/` (Engine.IO v4).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SocketIoConfig {
+    /// Milliseconds between the server's pings (Engine.IO `pingInterval`).
+    pub ping_interval_ms: u64,
+    /// Milliseconds a client has to answer a ping (Engine.IO `pingTimeout`).
+    pub ping_timeout_ms: u64,
+    /// Largest Engine.IO payload a client may send, in bytes (`maxPayload`).
+    pub max_payload: usize,
+    /// Seconds a dropped socket's state (id, rooms, position) is kept for connection
+    /// state recovery; 0 turns recovery off.
+    pub recovery_window_secs: u64,
+}
+
+impl Default for SocketIoConfig {
+    fn default() -> Self {
+        SocketIoConfig {
+            ping_interval_ms: 25_000,
+            ping_timeout_ms: 20_000,
+            max_payload: 1_000_000,
+            recovery_window_secs: 120,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -213,6 +240,7 @@ impl Default for Config {
             files: FilesConfig::default(),
             notifications: NotificationsConfig::default(),
             sse: SseConfig::default(),
+            socketio: SocketIoConfig::default(),
             ice: IceConfig {
                 turn_ttl_secs: 86400,
                 ..IceConfig::default()
@@ -406,6 +434,22 @@ const ENV: &[(&str, Setter)] = &[
     }),
     ("SWITCHBOARD_MAX_BODY_BYTES", |c, v| {
         c.max_body_bytes = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_SOCKETIO_PING_INTERVAL_MS", |c, v| {
+        c.socketio.ping_interval_ms = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_SOCKETIO_PING_TIMEOUT_MS", |c, v| {
+        c.socketio.ping_timeout_ms = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_SOCKETIO_MAX_PAYLOAD", |c, v| {
+        c.socketio.max_payload = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_SOCKETIO_RECOVERY_WINDOW_SECS", |c, v| {
+        c.socketio.recovery_window_secs = parse(v)?;
         Ok(())
     }),
     ("SWITCHBOARD_SSE_PING_SECS", |c, v| {
@@ -669,6 +713,16 @@ impl Config {
         }
         if self.ws.read_buffer_bytes < 256 {
             return bad("ws.read_buffer_bytes must be at least 256".into());
+        }
+        if self.socketio.ping_interval_ms == 0
+            || self.socketio.ping_timeout_ms == 0
+            || self.socketio.max_payload == 0
+        {
+            return Err(ConfigError::Invalid(
+                "socketio.ping_interval_ms, socketio.ping_timeout_ms and socketio.max_payload \
+                 must be positive"
+                    .into(),
+            ));
         }
         if self.ws.ping_interval_secs == 0 || self.ws.ping_timeout_secs < self.ws.ping_interval_secs
         {

@@ -35,7 +35,7 @@ pub mod notify;
 pub mod position;
 pub mod presence;
 pub mod store;
-mod transport;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -151,12 +151,15 @@ impl ServerBuilder {
                     addr: config.listen,
                     source,
                 })?;
+        let tracker = TaskTracker::new();
+        let socketio = transport::socketio::Engine::for_hub(hub.clone(), &config, tracker.clone());
         Ok(Server {
             listener,
             app: App {
                 hub,
                 config: Arc::new(config),
-                tracker: TaskTracker::new(),
+                tracker,
+                socketio,
             },
         })
     }
@@ -230,6 +233,7 @@ impl Server {
                     }
                 },
             ),
+            app.socketio.start_sweep(),
             match notify::Pusher::new(
                 &app.config.notifications,
                 hub.store().clone(),
@@ -242,10 +246,12 @@ impl Server {
         let (started, drain_started) = tokio::sync::oneshot::channel();
         let draining = {
             let hub = hub.clone();
+            let socketio = app.socketio.clone();
             async move {
                 shutdown.await;
                 tracing::info!(connections = hub.connections(), "draining");
                 hub.drain(CloseCode::GoingAway);
+                socketio.drain();
                 let _ = started.send(tokio::time::Instant::now());
             }
         };

@@ -15,6 +15,7 @@ pub struct Metrics {
     render: PrometheusHandle,
     pub connections_websocket: Gauge,
     pub connections_sse: Gauge,
+    pub connections_socketio: Gauge,
     pub rooms: Gauge,
     pub joins_pending: Gauge,
     pub frames_received: Counter,
@@ -123,6 +124,7 @@ impl Metrics {
             render: recorder.handle(),
             connections_websocket: connections("websocket"),
             connections_sse: connections("sse"),
+            connections_socketio: connections("socketio"),
             rooms: recorder.register_gauge(&Key::from_static_name("switchboard_rooms"), &meta()),
             joins_pending: recorder
                 .register_gauge(&Key::from_static_name("switchboard_joins_pending"), &meta()),

@@ -7,6 +7,7 @@
 //! it. Replies to one session are encoded straight into its format ([`reply`]).
 
 pub mod native;
+pub mod socketio;
 pub mod sse;
 
 use std::borrow::Cow;
@@ -63,13 +64,22 @@ pub enum Format {
     Native = 0,
     /// `event: <type>` / `data: <json>` lines of a Server-Sent Events stream.
     Sse = 1,
+    /// Socket.IO event packets of the main namespace, `42["<type>",<data>]`.
+    SocketIo = 2,
+    /// Socket.IO event packets of the `/webrtc` signaling namespace.
+    SocketIoRtc = 3,
 }
 
 /// How many formats there are.
-pub const FORMATS: usize = 2;
+pub const FORMATS: usize = 4;
 
 impl Format {
-    pub const ALL: [Format; FORMATS] = [Format::Native, Format::Sse];
+    pub const ALL: [Format; FORMATS] = [
+        Format::Native,
+        Format::Sse,
+        Format::SocketIo,
+        Format::SocketIoRtc,
+    ];
 
     pub fn index(self) -> usize {
         self as usize
@@ -154,7 +164,13 @@ impl Event {
 
     /// The event in `format`, encoded on first use.
     pub fn frame(&self, format: Format) -> &Frame {
-        self.encoded[format.index()].get_or_init(|| encode(format, &self.kind, self.data.as_str()))
+        self.encoded[format.index()].get_or_init(|| {
+            let at = match (&self.history_room, &self.position) {
+                (Some(room), Some(p)) => Some((&**room, p)),
+                _ => None,
+            };
+            encode_at(format, &self.kind, self.data.as_str(), at)
+        })
     }
 
     /// Encodes the event for every format in `formats` now, so that fan-out under a
@@ -170,13 +186,22 @@ impl Event {
 
 /// A room event of type `kind` whose `data` is JSON already, in `format`.
 pub fn encode(format: Format, kind: &str, data: &str) -> Frame {
+    encode_at(format, kind, data, None)
+}
+
+/// [`encode`] for a durable event at position `at` of a room (Socket.IO packets carry
+/// it, for connection state recovery).
+pub fn encode_at(format: Format, kind: &str, data: &str, at: Option<(&str, &Position)>) -> Frame {
     match format {
         Format::Native => native::wrap(kind, data, None),
         Format::Sse => sse::wrap(kind, data),
+        Format::SocketIo => socketio::wrap(socketio::ROOT, kind, data, at),
+        Format::SocketIoRtc => socketio::wrap(socketio::WEBRTC, kind, data, None),
     }
 }
 
-/// A reply to one session: `{type: kind, data, ref}` in its format.
+/// A reply to one session: `{type: kind, data, ref}` in its format. (A Socket.IO
+/// session's `ref` is an ack id; the session answers it, see `Session::reply`.)
 pub fn reply<T: Serialize + ?Sized>(
     format: Format,
     kind: &str,
@@ -185,9 +210,9 @@ pub fn reply<T: Serialize + ?Sized>(
 ) -> Frame {
     match format {
         Format::Native => native::encode(kind, data, reference),
-        Format::Sse => {
+        _ => {
             let json = serde_json::to_string(data).expect("event payloads serialize");
-            sse::wrap(kind, &json)
+            encode(format, kind, &json)
         }
     }
 }

@@ -24,7 +24,7 @@ use utoipa_axum::routes;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::transport::{sse, ws};
+use crate::transport::{socketio, sse, ws};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -62,6 +62,7 @@ pub fn router(app: App) -> axum::Router {
     let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(ws::upgrade))
         .routes(routes!(sse::events))
+        .routes(routes!(socketio::endpoint, socketio::endpoint_post))
         .routes(routes!(ops::health))
         .routes(routes!(ops::ready))
         .routes(routes!(ops::metrics))

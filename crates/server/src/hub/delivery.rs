@@ -109,7 +109,8 @@ pub(super) async fn publish_commits(mut commits: mpsc::Receiver<Vec<Commit>>, hu
 /// and the sender's other devices (their personal rooms).
 fn envelopes(c: &Committed) -> Vec<Envelope> {
     let Some(route) = &c.private else {
-        let event = Event::raw("new_message", c.payload.clone(), Some(c.position.clone()));
+        let event = Event::raw("new_message", c.payload.clone(), Some(c.position.clone()))
+            .in_history_of(c.room.clone());
         return vec![Envelope {
             room: c.room.clone(),
             event: Arc::new(event),

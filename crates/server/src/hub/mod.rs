@@ -153,7 +153,7 @@ struct Inner {
     sessions: Box<[SessionShard]>,
     hasher: RandomState,
     /// Open sessions, by wire (WebSocket, SSE).
-    open: [AtomicU64; 2],
+    open: [AtomicU64; 3],
     next_session: AtomicU64,
     started: Instant,
     draining: AtomicBool,
@@ -314,6 +314,7 @@ impl Hub {
         match wire {
             Wire::WebSocket => &self.inner.metrics.connections_websocket,
             Wire::Sse => &self.inner.metrics.connections_sse,
+            Wire::SocketIo => &self.inner.metrics.connections_socketio,
         }
     }
 
@@ -493,7 +494,8 @@ impl Hub {
         let timeout = self.inner.settings.ping_timeout_secs;
         for shard in self.inner.sessions.iter() {
             let sessions: Vec<Arc<Session>> = shard.lock().values().cloned().collect();
-            for s in sessions.into_iter().filter(|s| s.wire.participates()) {
+            // Socket.IO sessions have Engine.IO's own heartbeat.
+            for s in sessions.into_iter().filter(|s| s.wire == Wire::WebSocket) {
                 if now.saturating_sub(s.last_seen()) >= timeout && !s.is_busy() {
                     s.close(CloseCode::Timeout);
                 } else {

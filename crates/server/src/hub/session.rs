@@ -16,7 +16,7 @@ use tokio::sync::Notify;
 
 use super::ratelimit::RateLimiter;
 use crate::auth::Identity;
-use crate::encode::{Event, Format, Frame, reply};
+use crate::encode::{Event, Format, Frame, encode, reply, socketio};
 use crate::position::Position;
 use crate::presence::Device;
 
@@ -52,6 +52,9 @@ pub enum Wire {
     /// A Server-Sent Events stream: a listener. It never sends, so liveness is not
     /// asked of it, and rooms are not told when it comes and goes.
     Sse,
+    /// A Socket.IO socket (main namespace): a participant like the native protocol,
+    /// whose liveness is Engine.IO's heartbeat and whose `ref`s are ack ids.
+    SocketIo,
 }
 
 impl Wire {
@@ -59,6 +62,7 @@ impl Wire {
         match self {
             Wire::WebSocket => "websocket",
             Wire::Sse => "sse",
+            Wire::SocketIo => "socketio",
         }
     }
 
@@ -66,6 +70,7 @@ impl Wire {
         match self {
             Wire::WebSocket => Format::Native,
             Wire::Sse => Format::Sse,
+            Wire::SocketIo => Format::SocketIo,
         }
     }
 
@@ -73,7 +78,7 @@ impl Wire {
     /// pings, and is in its user's personal room from the start. A listener receives
     /// only the rooms it names.
     pub fn participates(self) -> bool {
-        self == Wire::WebSocket
+        self != Wire::Sse
     }
 }
 
@@ -118,6 +123,8 @@ pub struct Session {
     busy: AtomicBool,
     /// Its user's other devices were told it arrived (so they may hear it leave).
     pub(super) arrived: AtomicBool,
+    /// Socket.IO: one more than the last ack id answered (each is answered once).
+    answered: AtomicU64,
     pub(super) rate: Mutex<RateLimiter>,
 }
 
@@ -144,6 +151,7 @@ impl Session {
             last_seen: AtomicU64::new(now_secs),
             busy: AtomicBool::new(false),
             arrived: AtomicBool::new(false),
+            answered: AtomicU64::new(0),
             rate: Mutex::new(rate),
         }
     }
@@ -173,18 +181,59 @@ impl Session {
     }
 
     /// Sends `{type: kind, data, ref}` to this session, in its format.
+    ///
+    /// On Socket.IO a `ref` is the ack id of the request: its first reply answers the
+    /// ack with `{ok: true, ...data}` (an `ack` reply only does that; others are
+    /// emitted as events as well).
     pub fn reply<T: Serialize + ?Sized>(&self, kind: &str, data: &T, r: Option<&Ref>) -> bool {
+        if let Some(id) = self.ack_id(r) {
+            let json = serde_json::to_string(data).expect("event payloads serialize");
+            if kind != "ack" && !self.push_frame(encode(self.format, kind, &json)) {
+                return false;
+            }
+            return self.answer(id, &socketio::ok_with(&json));
+        }
         self.push_frame(reply(self.format, kind, data, r))
     }
 
-    /// Sends an `error` for `err`, with the request's `ref`.
+    /// Sends an `error` for `err`, with the request's `ref` (on Socket.IO, answers
+    /// the ack with `{ok: false, error, code}` instead).
     pub fn error(&self, err: &ErrorKind, r: Option<&Ref>) -> bool {
+        let message = err.to_string();
+        if let Some(id) = self.ack_id(r) {
+            let json = serde_json::json!({"ok": false, "error": message, "code": err.code()});
+            return self.answer(id, &json.to_string());
+        }
         let data = ErrorData {
-            message: err.to_string(),
+            message,
             code: err.code().to_string(),
             timestamp: now_millis(),
         };
         self.reply("error", &data, r)
+    }
+
+    /// The ack id a Socket.IO request's `ref` carries.
+    fn ack_id(&self, r: Option<&Ref>) -> Option<u64> {
+        match (self.wire, r) {
+            (Wire::SocketIo, Some(Ref::Number(n))) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    /// Answers ack `id` with `data` (JSON) unless it was answered already.
+    fn answer(&self, id: u64, data: &str) -> bool {
+        if self.answered.swap(id + 1, Ordering::Relaxed) == id + 1 {
+            return true;
+        }
+        self.push_frame(socketio::ack(socketio::ROOT, id, data))
+    }
+
+    /// Answers ack `id` with `{ok: true}` if nothing answered it: a request without a
+    /// reply of its own has finished.
+    pub fn finish_ack(&self, id: u64) {
+        if self.answered.load(Ordering::Relaxed) != id + 1 {
+            self.answer(id, r#"{"ok":true}"#);
+        }
     }
 
     /// Queues a room event (its encoding in this session's format must be prepared),

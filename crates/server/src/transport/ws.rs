@@ -180,7 +180,7 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
         .any(|v| v.trim().eq_ignore_ascii_case(token))
 }
 
-fn handshake_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn handshake_key(headers: &HeaderMap) -> Option<&str> {
     let ok = header_has(headers, header::CONNECTION, "upgrade")
         && header_has(headers, header::UPGRADE, "websocket")
         && headers

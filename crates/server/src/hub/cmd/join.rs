@@ -32,7 +32,7 @@ use switchboard_protocol::{
 };
 
 use super::{internal, leave, store_error};
-use crate::encode::{Event, Frame, encode, reply};
+use crate::encode::{Event, Frame, encode_at, reply};
 use crate::hub::{Hub, Session};
 use crate::position::Position;
 use crate::presence::RoomCounts;
@@ -292,8 +292,8 @@ async fn replay(
     while let Some(message) = rows.next().await {
         let message = message.map_err(|e| store_error("recovery read", e))?;
         bytes += message.data.len();
-        let frame = encode(session.format, kind, &message.data);
         let position = Position::new(message.offset, head.epoch.clone());
+        let frame = encode_at(session.format, kind, &message.data, Some((room, &position)));
         if !session.push_room_frame(room, Some(&position), frame) {
             // Closing (its outbox overflowed): the rest would go nowhere.
             break;

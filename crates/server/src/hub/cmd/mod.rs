@@ -77,7 +77,7 @@ impl Hub {
         )
     }
 
-    async fn handle(
+    pub(crate) async fn handle(
         &self,
         session: &Arc<Session>,
         request: Request,

@@ -1,0 +1,456 @@
+//! What a connection's packets mean: Engine.IO's own packets are handled here for
+//! every application; Socket.IO packets go to the application of the engine: the hub,
+//! or the echo servers the official protocol test suites expect.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use smallvec::SmallVec;
+use switchboard_protocol::socketio::{self, EventName, Kind, engine};
+use switchboard_protocol::{
+    Dialect, ErrorKind, Ref, Request, RoomMembersQuery, UserInfo, now_millis,
+};
+
+use super::conn::{CloseReason, Partial, Socket};
+use super::{Conn, Engine, Settings, random_id};
+use crate::encode::Frame;
+use crate::encode::socketio::ROOT;
+use crate::hub::{ConnectError, Hub, Session, Wire};
+
+/// Async work a packet started: awaited before the connection's next packet.
+pub type Work = BoxFuture<'static, ()>;
+
+/// The application behind an engine.
+pub enum Application {
+    /// Switchboard: the main namespace is a hub session.
+    Hub(HubApp),
+    /// The official socket.io-protocol suite's reference server.
+    SocketIoEcho,
+    /// The official engine.io-protocol suite's reference server: every message back.
+    EngineEcho,
+}
+
+pub struct HubApp {
+    hub: Hub,
+    /// Largest event payload handed to the hub (the native protocol's message limit).
+    max_event_bytes: usize,
+}
+
+impl Application {
+    pub fn hub(hub: Hub, settings: &Settings) -> Application {
+        Application::Hub(HubApp {
+            hub,
+            max_event_bytes: settings.max_event_bytes,
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        match self {
+            Application::Hub(app) => app.hub.is_draining(),
+            _ => false,
+        }
+    }
+
+    /// One Engine.IO packet from the client. `Err` ends the connection.
+    pub fn packet(
+        &self,
+        engine: &Engine,
+        conn: &Arc<Conn>,
+        item: engine::Item<'_>,
+    ) -> Result<Option<Work>, CloseReason> {
+        let text = match item {
+            engine::Item::Binary(data) => return self.binary(engine, conn, Bytes::from(data)),
+            engine::Item::Text(engine::Packet::Message(text)) => text,
+            engine::Item::Text(engine::Packet::Pong(_)) => {
+                conn.pong(
+                    engine.now_ms(),
+                    engine.settings().ping_interval.as_millis() as u64,
+                );
+                return Ok(None);
+            }
+            engine::Item::Text(engine::Packet::Ping(data)) => {
+                conn.push_text(format!("3{data}").into());
+                return Ok(None);
+            }
+            engine::Item::Text(engine::Packet::Close) => return Err(CloseReason::Client),
+            engine::Item::Text(engine::Packet::Noop | engine::Packet::Upgrade) => {
+                return Ok(None);
+            }
+            engine::Item::Text(engine::Packet::Open(_)) => {
+                return Err(CloseReason::ProtocolError);
+            }
+        };
+        match self {
+            Application::EngineEcho => {
+                conn.push_text(format!("4{text}").into());
+                Ok(None)
+            }
+            _ => {
+                if conn.state().partial.is_some() {
+                    // A text packet while attachments are awaited.
+                    return Err(CloseReason::ProtocolError);
+                }
+                let max = engine.settings().max_attachments;
+                let packet =
+                    socketio::Packet::decode(text, max).map_err(|_| CloseReason::ProtocolError)?;
+                if packet.kind.is_binary() && packet.attachments > 0 {
+                    conn.state().partial = Some(Partial {
+                        text: text.to_string(),
+                        needed: packet.attachments,
+                        parts: Vec::new(),
+                    });
+                    return Ok(None);
+                }
+                self.socketio(engine, conn, packet, Vec::new())
+            }
+        }
+    }
+
+    fn binary(
+        &self,
+        engine: &Engine,
+        conn: &Arc<Conn>,
+        data: Bytes,
+    ) -> Result<Option<Work>, CloseReason> {
+        if let Application::EngineEcho = self {
+            conn.push_binary(data);
+            return Ok(None);
+        }
+        let complete = {
+            let mut st = conn.state();
+            let Some(partial) = st.partial.as_mut() else {
+                return Err(CloseReason::ProtocolError);
+            };
+            partial.parts.push(data);
+            if partial.parts.len() < partial.needed {
+                return Ok(None);
+            }
+            st.partial.take().expect("present")
+        };
+        let max = engine.settings().max_attachments;
+        let packet = socketio::Packet::decode(&complete.text, max)
+            .map_err(|_| CloseReason::ProtocolError)?;
+        self.socketio(engine, conn, packet, complete.parts)
+    }
+
+    fn socketio(
+        &self,
+        engine: &Engine,
+        conn: &Arc<Conn>,
+        packet: socketio::Packet<'_>,
+        attachments: Vec<Bytes>,
+    ) -> Result<Option<Work>, CloseReason> {
+        match self {
+            Application::Hub(app) => app.packet(engine, conn, packet, attachments),
+            _ => {
+                echo(conn, packet, attachments);
+                Ok(None)
+            }
+        }
+    }
+
+    /// A connection ended: its sockets are dropped here (each registration undoes
+    /// itself).
+    pub fn closed(&self, _conn: &Arc<Conn>, sockets: SmallVec<[Socket; 1]>, _reason: CloseReason) {
+        drop(sockets);
+    }
+}
+
+/// `44[/nsp,]{"message": ...}`.
+fn connect_error(namespace: &str, message: &str) -> Frame {
+    let data = serde_json::json!({ "message": message }).to_string();
+    socketio::message(Kind::ConnectError, 0, namespace, None, Some(&data)).into()
+}
+
+/// `40[/nsp,]{"sid": ...}`.
+fn connect_ok(namespace: &str, sid: &str) -> Frame {
+    let data = serde_json::json!({ "sid": sid }).to_string();
+    socketio::message(Kind::Connect, 0, namespace, None, Some(&data)).into()
+}
+
+/// The reference server of the socket.io-protocol suite: `auth` on connect, `message`
+/// echoed as `message-back`, `message-with-ack` acked with its arguments, binary
+/// attachments included; namespaces `/` and `/custom`.
+fn echo(conn: &Arc<Conn>, packet: socketio::Packet<'_>, attachments: Vec<Bytes>) {
+    let ns = packet.namespace;
+    match packet.kind {
+        Kind::Connect => {
+            if ns != "/" && ns != "/custom" {
+                conn.push_text(connect_error(ns, "Invalid namespace"));
+                return;
+            }
+            if conn.has_namespace(ns) {
+                return;
+            }
+            let sid: Arc<str> = random_id().into();
+            let socket = Socket {
+                namespace: ns.into(),
+                sid: sid.clone(),
+                registration: None,
+            };
+            if conn.add_socket(socket).is_err() {
+                return;
+            }
+            conn.push_text(connect_ok(ns, &sid));
+            let auth = packet.data.unwrap_or("{}");
+            conn.push_text(socketio::event_message(ns, "auth", auth, None).into());
+        }
+        Kind::Disconnect => {
+            drop(conn.remove_socket(ns));
+        }
+        Kind::Event | Kind::BinaryEvent => {
+            if !conn.has_namespace(ns) {
+                return;
+            }
+            let Ok((EventName::Text(name), args)) = packet.event() else {
+                return;
+            };
+            let args = args.iter().map(|a| a.get()).collect::<Vec<_>>().join(",");
+            let binary = packet.kind == Kind::BinaryEvent;
+            match (&*name, packet.id) {
+                ("message", _) => {
+                    let data = format!(
+                        "[\"message-back\"{}{args}]",
+                        if args.is_empty() { "" } else { "," }
+                    );
+                    let kind = if binary {
+                        Kind::BinaryEvent
+                    } else {
+                        Kind::Event
+                    };
+                    let text = socketio::message(kind, attachments.len(), ns, None, Some(&data));
+                    conn.push_text(text.into());
+                }
+                ("message-with-ack", Some(id)) => {
+                    let data = format!("[{args}]");
+                    let kind = if binary { Kind::BinaryAck } else { Kind::Ack };
+                    let text =
+                        socketio::message(kind, attachments.len(), ns, Some(id), Some(&data));
+                    conn.push_text(text.into());
+                }
+                _ => return,
+            }
+            for a in attachments {
+                conn.push_binary(a);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Auth {
+    token: Option<String>,
+}
+
+impl HubApp {
+    fn packet(
+        &self,
+        _engine: &Engine,
+        conn: &Arc<Conn>,
+        packet: socketio::Packet<'_>,
+        attachments: Vec<Bytes>,
+    ) -> Result<Option<Work>, CloseReason> {
+        let ns = packet.namespace;
+        match packet.kind {
+            Kind::Connect => {
+                if ns != ROOT {
+                    conn.push_text(connect_error(ns, "Invalid namespace"));
+                    return Ok(None);
+                }
+                if conn.has_namespace(ns) {
+                    return Ok(None);
+                }
+                let auth: Auth = packet
+                    .data
+                    .and_then(|d| serde_json::from_str(d).ok())
+                    .unwrap_or_default();
+                Ok(Some(
+                    connect(self.hub.clone(), conn.clone(), auth.token).boxed(),
+                ))
+            }
+            Kind::Disconnect => {
+                drop(conn.remove_socket(ns));
+                Ok(None)
+            }
+            Kind::Event | Kind::BinaryEvent => {
+                let Some(session) = conn.session(ns) else {
+                    // Not connected to that namespace: nothing to answer to.
+                    return Ok(None);
+                };
+                Ok(self.event(&session, packet, attachments.is_empty()))
+            }
+            // The server asks for no acks; a client's is ignored.
+            Kind::Ack | Kind::BinaryAck => Ok(None),
+            Kind::ConnectError => Err(CloseReason::ProtocolError),
+        }
+    }
+
+    /// An event for the hub: decoded into a request, answered (with the ack, if the
+    /// client asked for one) by the hub.
+    fn event(
+        &self,
+        session: &Arc<Session>,
+        packet: socketio::Packet<'_>,
+        text: bool,
+    ) -> Option<Work> {
+        let r = packet.id.map(|id| Ref::Number(id.into()));
+        if !self.hub.admit(session) {
+            return None;
+        }
+        let refuse = |e: ErrorKind| {
+            session.error(&e, r.as_ref());
+            None
+        };
+        if packet.data.is_some_and(|d| d.len() > self.max_event_bytes) {
+            return refuse(ErrorKind::InvalidPayload(format!(
+                "an event may carry at most {} bytes",
+                self.max_event_bytes
+            )));
+        }
+        if !text || packet.kind == Kind::BinaryEvent {
+            return refuse(ErrorKind::InvalidPayload(
+                "binary payloads are not accepted here".into(),
+            ));
+        }
+        let (name, args) = match packet.event() {
+            Ok((EventName::Text(name), args)) => (name, args),
+            _ => return refuse(ErrorKind::InvalidFormat),
+        };
+        let data: Option<&RawValue> = args.first().copied();
+        let request = match data {
+            None => return refuse(ErrorKind::InvalidPayload("the event has no payload".into())),
+            Some(d) if !d.get().starts_with('{') && !is_payloadless(&name) => {
+                return refuse(ErrorKind::InvalidPayload(
+                    "the payload must be an object".into(),
+                ));
+            }
+            Some(d) => Request::from_event(&name, Some(d), Dialect::SocketIo),
+        };
+        let request = match request {
+            Ok(request) => request,
+            Err(e) => return refuse(e),
+        };
+        let hub = self.hub.clone();
+        let session = session.clone();
+        Some(
+            async move {
+                let members_of = match &request {
+                    Request::JoinRoom(j) => Some(j.room_id.clone()),
+                    _ => None,
+                };
+                // These answer once the message is durable (or refused), later.
+                let answers_itself = matches!(
+                    request,
+                    Request::SendMessage(_)
+                        | Request::SendPrivateMessage(_)
+                        | Request::ShareFile { .. }
+                );
+                let result = hub.handle(&session, request, r.as_ref()).await;
+                match &result {
+                    Err(e) => {
+                        session.error(e, r.as_ref());
+                    }
+                    Ok(()) => {
+                        // The original design follows `room_joined` with the members.
+                        if let Some(room_id) = members_of {
+                            let q = RoomMembersQuery {
+                                room_id,
+                                cursor: None,
+                                limit: switchboard_protocol::ROOM_MEMBERS_DEFAULT_LIMIT,
+                            };
+                            let _ = hub.handle(&session, Request::RoomMembers(q), None).await;
+                        }
+                    }
+                }
+                if let Some(Ref::Number(n)) = &r
+                    && let Some(id) = n.as_u64()
+                    && (result.is_err() || !answers_itself)
+                {
+                    session.finish_ack(id);
+                }
+            }
+            .boxed(),
+        )
+    }
+}
+
+/// Events whose payload may be anything (a custom handler's, `ping`).
+fn is_payloadless(name: &str) -> bool {
+    name == "ping"
+        || !matches!(
+            name,
+            "join_room"
+                | "leave_room"
+                | "send_message"
+                | "typing"
+                | "typing_start"
+                | "typing_stop"
+                | "send_private_message"
+                | "update_status"
+                | "share_file"
+                | "history"
+                | "room_members"
+                | "mark_read"
+                | "rtc_offer"
+                | "rtc_answer"
+                | "rtc_ice_candidate"
+        )
+}
+
+/// Socket.IO's `connected`: the native fields, with the original design's `socketId`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Connected<'a> {
+    user: &'a UserInfo,
+    socket_id: &'a str,
+    client_id: &'a str,
+    timestamp: u64,
+}
+
+/// CONNECT to the main namespace: authenticate, register a hub session whose first
+/// packets are the CONNECT answer and `connected`.
+async fn connect(hub: Hub, conn: Arc<Conn>, token: Option<String>) {
+    let identity = match hub.authenticate(token.as_deref()) {
+        Ok(identity) => identity,
+        Err(e) => {
+            hub.metrics().auth_failures.increment(1);
+            tracing::debug!(reason = %e, "socket.io authentication failed");
+            conn.push_text(connect_error(ROOT, "Authentication failed"));
+            return;
+        }
+    };
+    let greet = |session: &Session| {
+        session.push_frame(connect_ok(ROOT, &session.client_id));
+        let hello = Connected {
+            user: session.user(),
+            socket_id: &session.client_id,
+            client_id: &session.client_id,
+            timestamp: now_millis(),
+        };
+        session.reply("connected", &hello, None);
+    };
+    let registration = match hub.connect(identity, Wire::SocketIo, greet).await {
+        Ok(registration) => registration,
+        Err(ConnectError::TooManyConnections) => {
+            conn.push_text(connect_error(ROOT, "Too many connections"));
+            return;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "socket.io connection refused");
+            conn.push_text(connect_error(ROOT, "Internal error"));
+            return;
+        }
+    };
+    let socket = Socket {
+        namespace: ROOT.into(),
+        sid: registration.session().client_id.clone(),
+        registration: Some(registration),
+    };
+    // A connection closed meanwhile drops the registration here.
+    let _ = conn.add_socket(socket);
+}

@@ -1,0 +1,319 @@
+//! One Engine.IO connection: its queue, its sockets and its heartbeat.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use bytes::Bytes;
+use futures_util::future::{Either, select, select_all};
+use parking_lot::Mutex;
+use smallvec::SmallVec;
+use switchboard_protocol::CloseCode;
+use tokio::sync::Notify;
+
+use crate::encode::Frame;
+use crate::hub::{Outgoing, Registration, Session};
+
+/// Which transport carries the connection now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Polling,
+    WebSocket,
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed it (a close packet, or its socket went away).
+    Client,
+    PingTimeout,
+    /// No namespace was connected in time.
+    ConnectTimeout,
+    /// A malformed packet, a second concurrent poll, an oversized payload.
+    ProtocolError,
+    /// The server is draining.
+    ServerClosing,
+    /// One of its hub sessions was closed by the hub with this code.
+    Session(CloseCode),
+}
+
+impl CloseReason {
+    /// Whether the client should not reconnect: its sockets get a DISCONNECT first.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            CloseReason::Session(
+                CloseCode::Disconnected
+                    | CloseCode::AuthenticationFailed
+                    | CloseCode::RateLimited
+                    | CloseCode::TooManyConnections
+            )
+        )
+    }
+}
+
+/// What goes to the client: an Engine.IO text packet, or a binary message.
+#[derive(Debug, Clone)]
+pub enum Out {
+    Text(Frame),
+    Binary(Bytes),
+}
+
+/// A connected namespace.
+pub struct Socket {
+    pub namespace: Box<str>,
+    pub sid: Arc<str>,
+    /// The hub session behind it (none in the conformance echo).
+    pub registration: Option<Registration>,
+}
+
+impl Socket {
+    pub fn session(&self) -> Option<&Arc<Session>> {
+        self.registration.as_ref().map(Registration::session)
+    }
+}
+
+/// A binary packet waiting for its attachments.
+pub struct Partial {
+    pub text: String,
+    pub needed: usize,
+    pub parts: Vec<Bytes>,
+}
+
+pub(super) struct State {
+    out: Vec<Out>,
+    closed: Option<CloseReason>,
+    pub transport: Transport,
+    /// A WebSocket is probing to take the connection over.
+    pub upgrading: bool,
+    /// The probe was answered: polls end at once (the client waits for its poll to
+    /// end before it sends the upgrade packet).
+    pub probed: bool,
+    /// A long-poll GET is in progress.
+    pub polling: bool,
+    /// A POST is in progress.
+    pub posting: bool,
+    pub sockets: SmallVec<[Socket; 1]>,
+    pub partial: Option<Partial>,
+}
+
+pub struct Conn {
+    pub sid: Arc<str>,
+    /// Engine clock (ms) of the handshake.
+    pub opened_ms: u64,
+    state: Mutex<State>,
+    wake: Notify,
+    /// Engine clock (ms) by which the pong must arrive; 0 while no ping is out.
+    pong_due: AtomicU64,
+    next_ping: AtomicU64,
+    /// A request of this connection is being served: the server is the one late.
+    busy: AtomicBool,
+}
+
+impl Conn {
+    pub(super) fn new(sid: Arc<str>, transport: Transport, now: u64, next_ping: u64) -> Conn {
+        Conn {
+            sid,
+            opened_ms: now,
+            state: Mutex::new(State {
+                out: Vec::new(),
+                closed: None,
+                transport,
+                upgrading: false,
+                probed: false,
+                polling: false,
+                posting: false,
+                sockets: SmallVec::new(),
+                partial: None,
+            }),
+            wake: Notify::new(),
+            pong_due: AtomicU64::new(0),
+            next_ping: AtomicU64::new(next_ping),
+            busy: AtomicBool::new(false),
+        }
+    }
+
+    pub(super) fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
+    }
+
+    fn push(&self, out: Out) -> bool {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return false;
+        }
+        st.out.push(out);
+        drop(st);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Queues an Engine.IO text packet.
+    pub fn push_text(&self, frame: Frame) -> bool {
+        self.push(Out::Text(frame))
+    }
+
+    pub fn push_binary(&self, data: Bytes) -> bool {
+        self.push(Out::Binary(data))
+    }
+
+    /// Wakes whoever holds the transport (its sockets changed).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().closed.is_some()
+    }
+
+    pub fn closed(&self) -> Option<CloseReason> {
+        self.state.lock().closed
+    }
+
+    /// Marks the connection closed and hands back its sockets (to be dropped by the
+    /// caller, outside the lock).
+    pub(super) fn shut(&self, reason: CloseReason) -> SmallVec<[Socket; 1]> {
+        let mut st = self.state.lock();
+        if st.closed.is_none() {
+            st.closed = Some(reason);
+        }
+        st.partial = None;
+        let sockets = std::mem::take(&mut st.sockets);
+        drop(st);
+        self.wake.notify_one();
+        sockets
+    }
+
+    pub fn has_sockets(&self) -> bool {
+        !self.state.lock().sockets.is_empty()
+    }
+
+    /// The hub session of `namespace`, if it is connected.
+    pub fn session(&self, namespace: &str) -> Option<Arc<Session>> {
+        let st = self.state.lock();
+        st.sockets
+            .iter()
+            .find(|s| &*s.namespace == namespace)
+            .and_then(|s| s.session().cloned())
+    }
+
+    pub fn has_namespace(&self, namespace: &str) -> bool {
+        self.state
+            .lock()
+            .sockets
+            .iter()
+            .any(|s| &*s.namespace == namespace)
+    }
+
+    /// Adds a connected socket; gives it back if the connection closed meanwhile.
+    pub fn add_socket(&self, socket: Socket) -> Result<(), Socket> {
+        let mut st = self.state.lock();
+        if st.closed.is_some() {
+            return Err(socket);
+        }
+        st.sockets.push(socket);
+        drop(st);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Removes the socket of `namespace` (dropped by the caller).
+    pub fn remove_socket(&self, namespace: &str) -> Option<Socket> {
+        let mut st = self.state.lock();
+        let i = st.sockets.iter().position(|s| &*s.namespace == namespace)?;
+        Some(st.sockets.remove(i))
+    }
+
+    fn sessions(&self) -> SmallVec<[Arc<Session>; 2]> {
+        let st = self.state.lock();
+        st.sockets
+            .iter()
+            .filter_map(|s| s.session().cloned())
+            .collect()
+    }
+
+    /// Moves everything queued for the client into `batch`: the connection's own
+    /// packets first, then each socket's outbox. Returns why the connection must end,
+    /// if it must (closed, or a session was closed by the hub: its sockets then get a
+    /// DISCONNECT when the close is final).
+    pub fn take(&self, batch: &mut Vec<Out>) -> Option<CloseReason> {
+        let mut st = self.state.lock();
+        batch.append(&mut st.out);
+        if let Some(reason) = st.closed {
+            return Some(reason);
+        }
+        drop(st);
+        let mut frames = Vec::new();
+        for session in self.sessions() {
+            let closing = session.take(&mut frames);
+            batch.extend(frames.drain(..).filter_map(|f| match f {
+                Outgoing::Frame(f) | Outgoing::Positioned { frame: f, .. } => Some(Out::Text(f)),
+                Outgoing::Ping => None,
+            }));
+            if let Some(code) = closing {
+                let reason = CloseReason::Session(code);
+                if reason.is_final() {
+                    for s in self.state.lock().sockets.iter() {
+                        let packet = switchboard_protocol::socketio::message(
+                            switchboard_protocol::socketio::Kind::Disconnect,
+                            0,
+                            &s.namespace,
+                            None,
+                            None,
+                        );
+                        batch.push(Out::Text(packet.into()));
+                    }
+                }
+                return Some(reason);
+            }
+        }
+        None
+    }
+
+    /// Waits until something may be queued (a packet, an outbox, a close).
+    pub async fn changed(&self) {
+        let sessions = self.sessions();
+        let wake = std::pin::pin!(self.wake.notified());
+        match sessions.len() {
+            0 => wake.await,
+            1 => {
+                let ready = std::pin::pin!(sessions[0].ready());
+                match select(wake, ready).await {
+                    Either::Left(_) | Either::Right(_) => {}
+                }
+            }
+            _ => {
+                let readies = sessions.iter().map(|s| Box::pin(s.ready()));
+                let _ = select(wake, select_all(readies)).await;
+            }
+        }
+    }
+
+    /// A pong arrived: the next ping is due `interval` from now.
+    pub fn pong(&self, now: u64, interval: u64) {
+        self.pong_due.store(0, Ordering::Relaxed);
+        self.next_ping.store(now + interval, Ordering::Relaxed);
+    }
+
+    /// Sends a ping if one is due and none is out.
+    pub(super) fn ping_if_due(&self, now: u64, interval: u64, timeout: u64) {
+        if self.pong_due.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        if now >= self.next_ping.load(Ordering::Relaxed) {
+            self.pong_due.store(now + timeout, Ordering::Relaxed);
+            self.next_ping
+                .store(now + interval + timeout, Ordering::Relaxed);
+            self.push_text(Frame::from_static("2"));
+        }
+    }
+
+    /// Whether the pong is late (and the server is not busy serving this client).
+    pub(super) fn overdue(&self, now: u64) -> bool {
+        let due = self.pong_due.load(Ordering::Relaxed);
+        due != 0 && now > due && !self.busy.load(Ordering::Relaxed)
+    }
+
+    pub fn set_busy(&self, busy: bool) {
+        self.busy.store(busy, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,241 @@
+//! Socket.IO with the official client (socket.io-client from npm, driven by
+//! tests/node/driver.mjs): every transport, acks, errors, and delivery across
+//! transports with native WebSocket and SSE clients.
+
+mod common;
+
+use common::sio::Sio;
+use common::{TestServer, token};
+use serde_json::json;
+
+/// The client's three transport choices: the default (polling, then the upgrade),
+/// WebSocket only, polling only.
+fn transports() -> [(&'static str, serde_json::Value); 3] {
+    [
+        ("default", json!({})),
+        ("websocket", json!({"transports": ["websocket"]})),
+        ("polling", json!({"transports": ["polling"]})),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_over_every_transport() {
+    let server = TestServer::start().await;
+    let mut sio = Sio::start().await;
+    for (name, opts) in transports() {
+        let id = format!("alice-{name}");
+        let hello = sio.open(&id, server.addr, &token("alice"), opts).await;
+        assert_eq!(hello["event"], "connect", "{name}: {hello}");
+        let connected = sio.event(&id, "connected").await;
+        assert_eq!(connected[0]["user"]["id"], "alice");
+        assert_eq!(connected[0]["socketId"], hello["sid"], "{name}");
+        if name == "default" {
+            let up = sio.record(&id, "upgrade").await;
+            assert_eq!(up["transport"], "websocket");
+        }
+        let room = format!("room-{name}");
+        let joined = sio.call(&id, "join_room", json!({"roomId": room})).await;
+        assert_eq!(joined["ok"], true, "{name}: {joined}");
+        let ev = sio.event(&id, "room_joined").await;
+        assert_eq!(ev[0]["roomId"], room.as_str());
+        let members = sio.event(&id, "room_members").await;
+        assert_eq!(
+            members[0]["members"][0]["id"], "alice",
+            "{name}: {members:?}"
+        );
+        let ack = sio
+            .call(
+                &id,
+                "send_message",
+                json!({"roomId": room, "content": "hi"}),
+            )
+            .await;
+        assert_eq!(ack["ok"], true, "{name}: {ack}");
+        assert_eq!(ack["offset"], 1);
+        let msg = sio.event(&id, "new_message").await;
+        assert_eq!(msg[0]["content"], "hi");
+        assert_eq!(msg[0]["offset"], 1);
+        assert_eq!(msg[0]["id"], ack["id"]);
+        // The position rides as the last argument (connection state recovery).
+        assert!(msg[1].as_str().unwrap().starts_with("1-"), "{msg:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_are_shared_with_native_websocket_and_sse() {
+    let server = TestServer::start().await;
+    let mut sio = Sio::start().await;
+    sio.open("a", server.addr, &token("alice"), json!({})).await;
+    sio.call("a", "join_room", json!({"roomId": "general"}))
+        .await;
+    let mut native = server.member("bob", "general").await;
+    let sse_url = server.http(&format!(
+        "/events?channels=general&token={}",
+        token("carol")
+    ));
+    let mut sse = reqwest::get(&sse_url).await.unwrap();
+    assert_eq!(sse.status(), 200);
+
+    // Socket.IO to the others.
+    sio.call(
+        "a",
+        "send_message",
+        json!({"roomId": "general", "content": "from sio"}),
+    )
+    .await;
+    let got = native.next_of("new_message").await;
+    assert_eq!(got["data"]["content"], "from sio");
+    let mut text = String::new();
+    while !text.contains("from sio") {
+        let chunk = tokio::time::timeout(common::WAIT, sse.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+
+    // Native to Socket.IO, and typing both ways.
+    native
+        .request(
+            "send_message",
+            json!({"roomId": "general", "content": "from ws"}),
+        )
+        .await;
+    loop {
+        let m = sio.event("a", "new_message").await;
+        if m[0]["content"] == "from ws" {
+            break;
+        }
+    }
+    sio.emit("a", "typing_start", json!({"roomId": "general"}))
+        .await;
+    let typing = native.next_of("typing_status").await;
+    assert_eq!(typing["data"]["isTyping"], true);
+    assert_eq!(typing["data"]["user"]["id"], "alice");
+    native
+        .request("typing", json!({"roomId": "general", "isTyping": true}))
+        .await;
+    let t = sio.event("a", "user_typing").await;
+    assert_eq!(t[0]["user"]["id"], "bob");
+
+    // The server API reaches Socket.IO sockets too.
+    let resp = reqwest::Client::new()
+        .post(server.http("/api/rooms/general/publish"))
+        .header("X-API-Key", common::API_KEY)
+        .json(&json!({"content": "from api"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success());
+    loop {
+        let m = sio.event("a", "new_message").await;
+        if m[0]["content"] == "from api" {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_is_a_connect_error() {
+    let server = TestServer::start().await;
+    let mut sio = Sio::start().await;
+    let rec = sio
+        .open(
+            "x",
+            server.addr,
+            "not-a-token",
+            json!({"reconnection": false}),
+        )
+        .await;
+    assert_eq!(rec["event"], "connect_error");
+    assert_eq!(rec["message"], "Authentication failed");
+    let rec = sio
+        .open(
+            "y",
+            server.addr,
+            &token("y"),
+            json!({"reconnection": false, "transports": ["websocket"]}),
+        )
+        .await;
+    assert_eq!(rec["event"], "connect");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_events_get_errors_and_disturb_nobody() {
+    let server = TestServer::start().await;
+    let mut sio = Sio::start().await;
+    sio.open(
+        "a",
+        server.addr,
+        &token("alice"),
+        json!({"transports": ["websocket"]}),
+    )
+    .await;
+    sio.open("b", server.addr, &token("bob"), json!({})).await;
+    sio.call("b", "join_room", json!({"roomId": "general"}))
+        .await;
+
+    // No payload, a payload of the wrong type, a bad room, an unknown file.
+    let res = sio.call_with("a", "send_message", json!([])).await;
+    assert_eq!(res["ok"], false, "{res}");
+    assert!(
+        res["error"].as_str().unwrap().contains("no payload"),
+        "{res}"
+    );
+    let res = sio.call("a", "join_room", json!("general")).await;
+    assert_eq!(res["ok"], false, "{res}");
+    let res = sio
+        .call("a", "join_room", json!({"roomId": "bad room!"}))
+        .await;
+    assert_eq!(res["error"], "Invalid room ID");
+    let res = sio
+        .call("a", "update_status", json!({"status": "sleepy"}))
+        .await;
+    assert_eq!(res["error"], "Invalid status");
+    let res = sio
+        .call(
+            "a",
+            "send_message",
+            json!({"roomId": "nowhere", "content": "x"}),
+        )
+        .await;
+    assert_eq!(res["ok"], false);
+    // Without an ack the answer is an `error` event.
+    sio.emit("a", "join_room", json!(42)).await;
+    let err = sio.event("a", "error").await;
+    assert!(
+        err[0]["message"].as_str().unwrap().contains("object"),
+        "{err:?}"
+    );
+    // Binary where JSON is expected.
+    sio.send(json!({"op": "emit", "id": "a", "event": "send_message",
+        "args": [{"roomId": "general", "content": "x"}], "binary": true}))
+        .await;
+    let err = sio.event("a", "error").await;
+    assert!(
+        err[0]["message"].as_str().unwrap().contains("binary"),
+        "{err:?}"
+    );
+
+    // An unknown namespace is refused by the protocol's own answer.
+    sio.send(
+        json!({"op": "connect", "id": "c", "url": format!("http://{}/nope", server.addr),
+        "opts": {"auth": {"token": token("carol")}, "reconnection": false}}),
+    )
+    .await;
+    let rec = sio.record("c", "connect_error").await;
+    assert_eq!(rec["message"], "Invalid namespace");
+
+    // Bob was not disturbed.
+    let ack = sio
+        .call(
+            "b",
+            "send_message",
+            json!({"roomId": "general", "content": "still here"}),
+        )
+        .await;
+    assert_eq!(ack["ok"], true);
+    let m = sio.event("b", "new_message").await;
+    assert_eq!(m[0]["content"], "still here");
+}
