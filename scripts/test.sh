@@ -38,6 +38,19 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --release --workspace --locked -- --test-threads="${TEST_THREADS:-4}" 2>&1 | tee "$log"
 
+echo "== official Engine.IO and Socket.IO protocol suites (against examples/socketio_conformance.rs)"
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+SWITCHBOARD_LISTEN=127.0.0.1:$port target/release/examples/socketio_conformance &
+conformance=$!
+suites_ok=0
+SUITE_URL=http://127.0.0.1:$port scripts/socketio-suites.sh || suites_ok=$?
+kill "$conformance" 2>/dev/null || true
+wait "$conformance" 2>/dev/null || true
+if [ "$suites_ok" -ne 0 ]; then
+  echo "the official protocol suites failed" >&2
+  exit 1
+fi
+
 echo "== HTTP API fuzzing (schemathesis against /openapi.json)"
 scripts/fuzz-http.sh
 

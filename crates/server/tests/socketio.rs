@@ -239,3 +239,100 @@ async fn bad_events_get_errors_and_disturb_nobody() {
     let m = sio.event("b", "new_message").await;
     assert_eq!(m[0]["content"], "still here");
 }
+
+/// A socket that drops comes back with its id, its rooms, and every durable event it
+/// missed (room messages of two rooms, a private message), once and in order; then
+/// live delivery goes on.
+async fn recovery_after(server_side: bool) {
+    let server = TestServer::start().await;
+    let mut sio = Sio::start().await;
+    let slow = json!({"reconnectionDelay": 1500, "reconnectionDelayMax": 1500,
+        "randomizationFactor": 0});
+    let hello = sio.open("a", server.addr, &token("alice"), slow).await;
+    let sid = hello["sid"].clone();
+    for room in ["general", "news"] {
+        sio.call("a", "join_room", json!({"roomId": room})).await;
+    }
+    let mut bob = server.member("bob", "general").await;
+    bob.join("news").await;
+    bob.request(
+        "send_message",
+        json!({"roomId": "general", "content": "m1"}),
+    )
+    .await;
+    let m = sio.event("a", "new_message").await;
+    assert_eq!(m[0]["content"], "m1");
+
+    if server_side {
+        // The server closes the transport (as for a slow consumer).
+        server
+            .hub
+            .disconnect_user("alice", switchboard_protocol::CloseCode::SlowConsumer);
+    } else {
+        sio.send(json!({"op": "drop", "id": "a"})).await;
+    }
+    sio.record("a", "disconnect").await;
+    for (room, content) in [("general", "m2"), ("news", "n1"), ("general", "m3")] {
+        bob.request(
+            "send_message",
+            json!({"roomId": room, "content": content, "ref": content}),
+        )
+        .await;
+    }
+    bob.request(
+        "send_private_message",
+        json!({"recipientId": "alice", "content": "psst"}),
+    )
+    .await;
+    let again = sio.record("a", "connect").await;
+    assert_eq!(again["recovered"], true, "{again}");
+    assert_eq!(again["sid"], sid, "a recovered socket keeps its id");
+
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        let rec = sio
+            .first(|r| {
+                r["id"] == "a" && (r["event"] == "new_message" || r["event"] == "private_message")
+            })
+            .await;
+        got.push(rec["args"][0]["content"].as_str().unwrap().to_string());
+    }
+    let room_order: Vec<_> = got.iter().filter(|c| c.starts_with('m')).collect();
+    assert_eq!(room_order, ["m2", "m3"], "{got:?}");
+    assert!(
+        got.contains(&"n1".to_string()) && got.contains(&"psst".to_string()),
+        "{got:?}"
+    );
+
+    // Its rooms are back: live delivery, and nothing twice.
+    bob.request("send_message", json!({"roomId": "news", "content": "n2"}))
+        .await;
+    let m = sio.event("a", "new_message").await;
+    assert_eq!(m[0]["content"], "n2");
+    sio.silent("a", "new_message", 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_a_network_drop() {
+    recovery_after(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_after_the_server_closed_the_transport() {
+    recovery_after(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_recovery_past_the_window() {
+    let server = TestServer::with(|c| c.socketio.recovery_window_secs = 1).await;
+    let mut sio = Sio::start().await;
+    let slow = json!({"reconnectionDelay": 2000, "reconnectionDelayMax": 2000,
+        "randomizationFactor": 0});
+    let hello = sio.open("a", server.addr, &token("alice"), slow).await;
+    sio.call("a", "join_room", json!({"roomId": "general"}))
+        .await;
+    sio.send(json!({"op": "drop", "id": "a"})).await;
+    let again = sio.record("a", "connect").await;
+    assert_eq!(again["recovered"], false, "{again}");
+    assert_ne!(again["sid"], hello["sid"]);
+}

@@ -35,7 +35,7 @@ pub use cmd::{Announce, HandlerContext, JoinOptions, Joined, MessageHandler};
 pub use inbox::entry as notification_entry;
 pub use ratelimit::{RateLimiter, Verdict};
 pub use rooms::{LocalRoom, RoomIndex};
-pub use session::{OutboxLimits, Outgoing, Session, Wire};
+pub use session::{OutboxLimits, Outgoing, Session, TRAIL_MAX, Trail, Wire};
 pub use users::{STATUSES, visible_status};
 
 use crate::auth::{AuthError, Identity, Verifier};
@@ -329,8 +329,23 @@ impl Hub {
         wire: Wire,
         greet: impl FnOnce(&Session),
     ) -> Result<Registration, ConnectError> {
+        self.connect_as(identity, wire, None, greet).await
+    }
+
+    /// [`Hub::connect`] under a given client id (a recovered Socket.IO socket keeps its
+    /// id), unless a connection of this node has it.
+    pub async fn connect_as(
+        &self,
+        identity: Identity,
+        wire: Wire,
+        client_id: Option<Arc<str>>,
+        greet: impl FnOnce(&Session),
+    ) -> Result<Registration, ConnectError> {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let client_id: Arc<str> = uuid::Uuid::now_v7().to_string().into();
+        let client_id: Arc<str> = match client_id {
+            Some(c) if self.session(&c).is_none() => c,
+            _ => uuid::Uuid::now_v7().to_string().into(),
+        };
         let s = &self.inner.settings;
         let session = Arc::new(Session::new(
             id,

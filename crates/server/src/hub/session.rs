@@ -99,6 +99,55 @@ struct Outbox {
     /// below it was already sent (it was committed, read and replayed before it was
     /// published). Cleared by the first later offset; empty almost always.
     floors: Vec<(Arc<str>, u64)>,
+    /// Socket.IO connection state recovery: what was queued (see [`Trail`]).
+    trail: Option<Box<Trail>>,
+}
+
+/// Durable events queued to a Socket.IO session, in queue order, so that the position
+/// a reconnecting client reports (that of the last one it received) tells, for every
+/// room, what it got and what it missed.
+#[derive(Debug, Default, Clone)]
+pub struct Trail {
+    /// `(room, offset)` of each durable event queued, oldest first, at most
+    /// [`TRAIL_MAX`].
+    pub events: std::collections::VecDeque<(Arc<str>, u64)>,
+    /// Each room's position before its first event in `events`: where its join began,
+    /// or the last event that fell off the front.
+    pub bases: Vec<(Arc<str>, u64)>,
+    /// Events fell off the front: a position older than `events` can not be placed.
+    pub trimmed: bool,
+}
+
+/// Most events a trail keeps.
+pub const TRAIL_MAX: usize = 1024;
+
+impl Trail {
+    fn record(&mut self, room: &Arc<str>, offset: u64) {
+        if self.events.len() >= TRAIL_MAX
+            && let Some((old, k)) = self.events.pop_front()
+        {
+            self.set_base(old, k);
+            self.trimmed = true;
+        }
+        self.events.push_back((room.clone(), offset));
+    }
+
+    fn set_base(&mut self, room: Arc<str>, offset: u64) {
+        match self.bases.iter_mut().find(|(r, _)| *r == room) {
+            Some(b) => b.1 = offset,
+            None => self.bases.push((room, offset)),
+        }
+    }
+
+    /// `room` starts over at `offset` (a join): earlier events of it are forgotten.
+    fn restart(&mut self, room: &Arc<str>, offset: u64) {
+        self.events.retain(|(r, _)| r != room);
+        self.set_base(room.clone(), offset);
+    }
+
+    pub fn base(&self, room: &str) -> Option<u64> {
+        self.bases.iter().find(|(r, _)| &**r == room).map(|b| b.1)
+    }
 }
 
 pub struct Session {
@@ -261,6 +310,9 @@ impl Session {
             }
             q.floors.swap_remove(i);
         }
+        if let (Some(p), Some(trail)) = (position, q.trail.as_mut()) {
+            trail.record(room, p.offset);
+        }
         let frame = match (self.format, position) {
             (Format::Sse, Some(p)) => Outgoing::Positioned {
                 frame,
@@ -273,6 +325,35 @@ impl Session {
         self.push_locked(q, frame)
     }
 
+    /// Starts recording a trail for connection state recovery (Socket.IO).
+    pub fn keep_trail(&self) {
+        let mut q = self.outbox.lock();
+        if q.trail.is_none() {
+            q.trail = Some(Box::default());
+        }
+    }
+
+    /// Marks where `room`'s deliveries begin (a join): after `offset`.
+    pub(super) fn trail_base(&self, room: &Arc<str>, offset: u64) {
+        if let Some(trail) = self.outbox.lock().trail.as_mut() {
+            trail.restart(room, offset);
+        }
+    }
+
+    /// The trail so far (for a recovery stash).
+    pub fn trail(&self) -> Option<Trail> {
+        self.outbox.lock().trail.as_deref().cloned()
+    }
+
+    /// Whether a durable event of `room` at `offset` was queued to this session.
+    pub fn queued(&self, room: &str, offset: u64) -> bool {
+        self.outbox
+            .lock()
+            .trail
+            .as_ref()
+            .is_some_and(|t| t.events.iter().any(|(r, k)| *k == offset && &**r == room))
+    }
+
     /// Forgets what an earlier membership of `room` replayed: a new join starts over.
     pub(super) fn clear_floor(&self, room: &str) {
         let mut q = self.outbox.lock();
@@ -282,7 +363,7 @@ impl Session {
     }
 
     /// Marks `room` as replayed up to `offset` (see `floors`).
-    pub(super) fn set_floor(&self, room: Arc<str>, offset: u64) {
+    pub(crate) fn set_floor(&self, room: Arc<str>, offset: u64) {
         let mut q = self.outbox.lock();
         q.floors.retain(|(r, _)| *r != room);
         q.floors.push((room, offset));

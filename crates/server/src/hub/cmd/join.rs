@@ -54,6 +54,8 @@ pub struct JoinOptions {
     pub announce: Announce,
     /// Most payload bytes the replay may send.
     pub replay_budget: usize,
+    /// Whether the joiner gets `room_joined` (a recovery restores rooms silently).
+    pub reply: bool,
 }
 
 impl JoinOptions {
@@ -62,6 +64,7 @@ impl JoinOptions {
         JoinOptions {
             announce: Announce::JoinedRoom,
             replay_budget: hub.settings().recovery_max_bytes,
+            reply: true,
         }
     }
 }
@@ -203,7 +206,13 @@ pub(super) async fn run(
         ),
         None => None,
     };
-    if let Some(counts) = counts {
+    // What this membership delivers starts after here (Socket.IO recovery's trail).
+    let start = match (recovered, j.since) {
+        (Some(true), Some(since)) => since,
+        _ => head.offset,
+    };
+    session.trail_base(&room, start);
+    if let (Some(counts), true) = (counts, opts.reply) {
         let joined = room_joined(hub, session, &room, counts, &head, recovered, r).await?;
         session.push_frame(joined);
     }
@@ -400,6 +409,69 @@ impl Hub {
         }
     }
 
+    /// Joins `room` again after a reconnect, replaying what followed `since` (of
+    /// `epoch`), without `room_joined`: Socket.IO's connection state recovery.
+    pub async fn rejoin(
+        &self,
+        session: &Arc<Session>,
+        room: &str,
+        since: u64,
+        epoch: Option<String>,
+    ) -> Result<Joined, ErrorKind> {
+        let join = JoinRoom {
+            room_id: room.to_string(),
+            exclusive: false,
+            since: Some(since),
+            epoch,
+        };
+        let opts = JoinOptions {
+            reply: false,
+            ..JoinOptions::request(self)
+        };
+        run(self, session, join, None, opts).await
+    }
+
+    /// Replays the private messages of conversation `room` after `since` to `session`
+    /// (a recovery: its user's personal room already delivers new ones live; what it
+    /// queued is not sent twice). False when the gap is too large to replay.
+    pub async fn replay_conversation(
+        &self,
+        session: &Arc<Session>,
+        room: &Arc<str>,
+        since: u64,
+    ) -> Result<bool, ErrorKind> {
+        let head = self
+            .head(room)
+            .await
+            .map_err(|e| store_error("reading a room's head", e))?;
+        if since >= head.offset {
+            return Ok(since == head.offset);
+        }
+        let budget = self.settings().recovery_max_bytes;
+        if !recoverable(self, room, since, None, &head, budget).await? {
+            return Ok(false);
+        }
+        let mut rows = self.store().replay(room, since, head.offset);
+        while let Some(message) = rows.next().await {
+            let message = message.map_err(|e| store_error("recovery read", e))?;
+            if session.queued(room, message.offset) {
+                continue;
+            }
+            let position = Position::new(message.offset, head.epoch.clone());
+            let frame = encode_at(
+                session.format,
+                "private_message",
+                &message.data,
+                Some((room, &position)),
+            );
+            if !session.push_room_frame(room, Some(&position), frame) {
+                break;
+            }
+        }
+        session.set_floor(room.clone(), head.offset);
+        Ok(true)
+    }
+
     /// Subscribes a listener (an SSE stream) to a room quietly, replaying what follows
     /// `since` within `replay_budget` bytes.
     pub async fn subscribe(
@@ -419,6 +491,7 @@ impl Hub {
         let opts = JoinOptions {
             announce: Announce::Quiet,
             replay_budget,
+            reply: true,
         };
         run(self, session, join, None, opts).await
     }

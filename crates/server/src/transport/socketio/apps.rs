@@ -15,9 +15,13 @@ use switchboard_protocol::{
     Dialect, ErrorKind, Ref, Request, RoomMembersQuery, UserInfo, now_millis,
 };
 
+use std::time::Duration;
+
 use super::conn::{CloseReason, Partial, Socket};
+use super::recovery::{self, Stashes};
 use super::{Conn, Engine, Settings, random_id};
 use crate::encode::Frame;
+use crate::encode::socketio as socketio_encode;
 use crate::encode::socketio::ROOT;
 use crate::hub::{ConnectError, Hub, Session, Wire};
 
@@ -38,6 +42,9 @@ pub struct HubApp {
     hub: Hub,
     /// Largest event payload handed to the hub (the native protocol's message limit).
     max_event_bytes: usize,
+    /// Connection state recovery: zero when off.
+    window: Duration,
+    stashes: Arc<Stashes>,
 }
 
 impl Application {
@@ -45,6 +52,8 @@ impl Application {
         Application::Hub(HubApp {
             hub,
             max_event_bytes: settings.max_event_bytes,
+            window: settings.recovery_window,
+            stashes: Arc::default(),
         })
     }
 
@@ -154,9 +163,35 @@ impl Application {
     }
 
     /// A connection ended: its sockets are dropped here (each registration undoes
-    /// itself).
-    pub fn closed(&self, _conn: &Arc<Conn>, sockets: SmallVec<[Socket; 1]>, _reason: CloseReason) {
-        drop(sockets);
+    /// itself), their state stashed first for a recovery unless the end was final.
+    pub fn closed(&self, _conn: &Arc<Conn>, sockets: SmallVec<[Socket; 1]>, reason: CloseReason) {
+        let Application::Hub(app) = self else {
+            return;
+        };
+        if app.window.is_zero() || reason.is_final() {
+            return;
+        }
+        for socket in sockets {
+            if let (Some(pid), Some(registration)) = (socket.pid, socket.registration) {
+                app.stashes
+                    .keep(app.hub.clone(), pid, registration, app.window);
+            }
+        }
+    }
+
+    /// Periodic upkeep: expired recovery stashes go.
+    pub fn upkeep(&self) {
+        if let Application::Hub(app) = self {
+            app.stashes.purge();
+        }
+    }
+
+    /// Recovery stashes held.
+    pub fn stashes(&self) -> usize {
+        match self {
+            Application::Hub(app) => app.stashes.len(),
+            _ => 0,
+        }
     }
 }
 
@@ -190,6 +225,7 @@ fn echo(conn: &Arc<Conn>, packet: socketio::Packet<'_>, attachments: Vec<Bytes>)
             let socket = Socket {
                 namespace: ns.into(),
                 sid: sid.clone(),
+                pid: None,
                 registration: None,
             };
             if conn.add_socket(socket).is_err() {
@@ -242,9 +278,13 @@ fn echo(conn: &Arc<Conn>, packet: socketio::Packet<'_>, attachments: Vec<Bytes>)
     }
 }
 
+/// The CONNECT packet's auth: the token, and (a recovering client) its private
+/// session id and the position of the last durable event it received.
 #[derive(Deserialize, Default)]
 struct Auth {
     token: Option<String>,
+    pid: Option<String>,
+    offset: Option<String>,
 }
 
 impl HubApp {
@@ -269,8 +309,9 @@ impl HubApp {
                     .data
                     .and_then(|d| serde_json::from_str(d).ok())
                     .unwrap_or_default();
+                let recovery = (!self.window.is_zero()).then(|| self.stashes.clone());
                 Ok(Some(
-                    connect(self.hub.clone(), conn.clone(), auth.token).boxed(),
+                    connect(self.hub.clone(), conn.clone(), auth, recovery).boxed(),
                 ))
             }
             Kind::Disconnect => {
@@ -412,10 +453,11 @@ struct Connected<'a> {
     timestamp: u64,
 }
 
-/// CONNECT to the main namespace: authenticate, register a hub session whose first
+/// CONNECT to the main namespace: authenticate, then recover the socket's state if
+/// the client asks and it can be, else register a new hub session. The session's first
 /// packets are the CONNECT answer and `connected`.
-async fn connect(hub: Hub, conn: Arc<Conn>, token: Option<String>) {
-    let identity = match hub.authenticate(token.as_deref()) {
+async fn connect(hub: Hub, conn: Arc<Conn>, auth: Auth, recovery: Option<Arc<Stashes>>) {
+    let identity = match hub.authenticate(auth.token.as_deref()) {
         Ok(identity) => identity,
         Err(e) => {
             hub.metrics().auth_failures.increment(1);
@@ -424,8 +466,40 @@ async fn connect(hub: Hub, conn: Arc<Conn>, token: Option<String>) {
             return;
         }
     };
+    let user = identity.user.id.clone();
+    // A recovering client: its stash, and where each of its rooms resumes.
+    let mut resume = None;
+    if let (Some(stashes), Some(pid)) = (&recovery, &auth.pid)
+        && let Some(stash) = stashes.take(pid, &user)
+    {
+        let captured = stash.captured.clone().await;
+        let marker = auth
+            .offset
+            .as_deref()
+            .and_then(socketio_encode::parse_marker)
+            .map(|(room, offset, _)| (room, offset));
+        if let Some(mut points) = recovery::resume_points(&captured, marker) {
+            points.extend(recovery::new_conversations(&hub, &user, &captured).await);
+            resume = Some((
+                Arc::<str>::from(pid.as_str()),
+                stash.client_id,
+                captured,
+                points,
+            ));
+        }
+    }
+    let pid: Option<Arc<str>> = match (&resume, &recovery) {
+        (Some((pid, ..)), _) => Some(pid.clone()),
+        (None, Some(_)) => Some(random_id().into()),
+        (None, None) => None,
+    };
     let greet = |session: &Session| {
-        session.push_frame(connect_ok(ROOT, &session.client_id));
+        let mut answer = serde_json::json!({ "sid": &*session.client_id });
+        if let Some(pid) = &pid {
+            answer["pid"] = serde_json::Value::from(&**pid);
+        }
+        let answer = socketio::message(Kind::Connect, 0, ROOT, None, Some(&answer.to_string()));
+        session.push_frame(answer.into());
         let hello = Connected {
             user: session.user(),
             socket_id: &session.client_id,
@@ -434,7 +508,11 @@ async fn connect(hub: Hub, conn: Arc<Conn>, token: Option<String>) {
         };
         session.reply("connected", &hello, None);
     };
-    let registration = match hub.connect(identity, Wire::SocketIo, greet).await {
+    let client_id = resume.as_ref().map(|(_, id, ..)| id.clone());
+    let registration = match hub
+        .connect_as(identity, Wire::SocketIo, client_id, greet)
+        .await
+    {
         Ok(registration) => registration,
         Err(ConnectError::TooManyConnections) => {
             conn.push_text(connect_error(ROOT, "Too many connections"));
@@ -446,11 +524,42 @@ async fn connect(hub: Hub, conn: Arc<Conn>, token: Option<String>) {
             return;
         }
     };
+    let session = registration.session().clone();
+    if recovery.is_some() {
+        session.keep_trail();
+    }
+    let mut recovered = true;
+    if let Some((_, _, captured, points)) = &resume {
+        for (room, since) in points {
+            let ok = if captured.rooms.contains(room) {
+                hub.rejoin(&session, room, *since, None)
+                    .await
+                    .map(|j| j.recovered == Some(true))
+            } else if room.starts_with(switchboard_protocol::DM_ROOM_PREFIX) {
+                hub.replay_conversation(&session, room, *since).await
+            } else {
+                Ok(true)
+            };
+            if !matches!(ok, Ok(true)) {
+                recovered = false;
+                break;
+            }
+        }
+    }
     let socket = Socket {
         namespace: ROOT.into(),
-        sid: registration.session().client_id.clone(),
+        sid: session.client_id.clone(),
+        pid,
         registration: Some(registration),
     };
     // A connection closed meanwhile drops the registration here.
-    let _ = conn.add_socket(socket);
+    if conn.add_socket(socket).is_err() {
+        return;
+    }
+    if !recovered {
+        // Part of the state could not be replayed: the client reconnects and, its
+        // stash gone, learns it must reload (`recovered` false).
+        tracing::info!(client = %session.client_id, "socket.io recovery incomplete; closing");
+        session.close(switchboard_protocol::CloseCode::SlowConsumer);
+    }
 }

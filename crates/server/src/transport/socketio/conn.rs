@@ -62,6 +62,8 @@ pub enum Out {
 pub struct Socket {
     pub namespace: Box<str>,
     pub sid: Arc<str>,
+    /// Its private session id, when its state can be recovered.
+    pub pid: Option<Arc<str>>,
     /// The hub session behind it (none in the conformance echo).
     pub registration: Option<Registration>,
 }
@@ -294,26 +296,46 @@ impl Conn {
         self.next_ping.store(now + interval, Ordering::Relaxed);
     }
 
-    /// Sends a ping if one is due and none is out.
-    pub(super) fn ping_if_due(&self, now: u64, interval: u64, timeout: u64) {
+    /// Sends a ping if one is due and none is out. The pong is due `timeout` after the
+    /// ping was scheduled, however late the sweep that sends it: the deadline is the
+    /// protocol's, not the sweep's.
+    pub(super) fn ping_if_due(&self, now: u64, timeout: u64) {
         if self.pong_due.load(Ordering::Relaxed) != 0 {
             return;
         }
-        if now >= self.next_ping.load(Ordering::Relaxed) {
-            self.pong_due.store(now + timeout, Ordering::Relaxed);
-            self.next_ping
-                .store(now + interval + timeout, Ordering::Relaxed);
+        let scheduled = self.next_ping.load(Ordering::Relaxed);
+        if now >= scheduled {
+            self.pong_due.store(scheduled + timeout, Ordering::Relaxed);
             self.push_text(Frame::from_static("2"));
         }
     }
 
-    /// Whether the pong is late (and the server is not busy serving this client).
-    pub(super) fn overdue(&self, now: u64) -> bool {
-        let due = self.pong_due.load(Ordering::Relaxed);
-        due != 0 && now > due && !self.busy.load(Ordering::Relaxed)
+    /// Whether the connection is dead: its pong is late, or the ping it is owed was
+    /// due so long ago that no pong could be in time (unless the server is busy
+    /// serving it).
+    pub(super) fn overdue(&self, now: u64, timeout: u64) -> bool {
+        if self.busy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let due = match self.pong_due.load(Ordering::Relaxed) {
+            0 => self.next_ping.load(Ordering::Relaxed) + timeout,
+            due => due,
+        };
+        now > due
     }
 
-    pub fn set_busy(&self, busy: bool) {
-        self.busy.store(busy, Ordering::Relaxed);
+    /// A request of the client is being served: its pongs wait unread.
+    pub fn set_busy(&self) {
+        self.busy.store(true, Ordering::Relaxed);
+    }
+
+    /// The request is done: a pong that fell due meanwhile gets `timeout` more to
+    /// arrive (it may be waiting, unread).
+    pub fn set_idle(&self, now: u64, timeout: u64) {
+        self.busy.store(false, Ordering::Relaxed);
+        let due = self.pong_due.load(Ordering::Relaxed);
+        if due != 0 && due < now {
+            self.pong_due.store(now + timeout, Ordering::Relaxed);
+        }
     }
 }

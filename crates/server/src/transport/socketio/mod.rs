@@ -17,6 +17,7 @@
 mod apps;
 mod conn;
 mod polling;
+mod recovery;
 mod websocket;
 
 use std::collections::HashMap;
@@ -93,8 +94,8 @@ impl Settings {
 
     /// How often the heartbeat sweep runs: a small part of the shorter timer.
     fn tick(&self) -> Duration {
-        (self.ping_interval.min(self.ping_timeout) / 4)
-            .clamp(Duration::from_millis(20), Duration::from_secs(1))
+        (self.ping_interval.min(self.ping_timeout) / 10)
+            .clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
 }
 
@@ -204,12 +205,24 @@ impl Engine {
         self.inner.app.closed(conn, sockets, reason);
     }
 
-    /// Whether `conn` missed its pong deadline; if so it is closed now.
+    /// Marks a request of `conn` done (see [`Conn::set_idle`]).
+    pub(crate) fn idle(&self, conn: &Conn) {
+        conn.set_idle(
+            self.now_ms(),
+            self.inner.settings.ping_timeout.as_millis() as u64,
+        );
+    }
+
+    /// Whether `conn` missed its pong deadline; if so it is closed now. A ping that is
+    /// due goes out now (the sweep may not have come by yet).
     pub(crate) fn expired(&self, conn: &Arc<Conn>) -> bool {
-        if conn.overdue(self.now_ms()) {
+        let now = self.now_ms();
+        let timeout = self.inner.settings.ping_timeout.as_millis() as u64;
+        if conn.overdue(now, timeout) {
             self.close(conn, CloseReason::PingTimeout);
             return true;
         }
+        conn.ping_if_due(now, timeout);
         false
     }
 
@@ -217,18 +230,18 @@ impl Engine {
     pub fn sweep(&self) {
         let now = self.now_ms();
         let s = &self.inner.settings;
-        let interval = s.ping_interval.as_millis() as u64;
         let timeout = s.ping_timeout.as_millis() as u64;
         let connect_timeout = s.connect_timeout.as_millis() as u64;
+        self.inner.app.upkeep();
         for shard in self.inner.conns.iter() {
             let conns: Vec<Arc<Conn>> = shard.lock().values().cloned().collect();
             for conn in conns {
-                if conn.overdue(now) {
+                if conn.overdue(now, timeout) {
                     self.close(&conn, CloseReason::PingTimeout);
                 } else if !conn.has_sockets() && now >= conn.opened_ms + connect_timeout {
                     self.close(&conn, CloseReason::ConnectTimeout);
                 } else {
-                    conn.ping_if_due(now, interval, timeout);
+                    conn.ping_if_due(now, timeout);
                 }
             }
         }
@@ -379,7 +392,7 @@ async fn handle(
 /// [`Application::SocketIoEcho`]) and a plain Engine.IO echo on `/engine.io/`, with
 /// CORS for any origin. Returns the router and the two heartbeat sweeps' handles.
 pub fn conformance_router() -> (axum::Router, [tokio::task::JoinHandle<()>; 2]) {
-    use axum::routing::get;
+    use axum::routing::any;
     let tracker = TaskTracker::new();
     let socketio = Engine::new(
         Settings::conformance(),
@@ -390,7 +403,7 @@ pub fn conformance_router() -> (axum::Router, [tokio::task::JoinHandle<()>; 2]) 
     let sweeps = [socketio.start_sweep(), engineio.start_sweep()];
     let route = |path: &str, engine: Engine| {
         axum::Router::new()
-            .route(path, get(raw_endpoint).post(raw_endpoint))
+            .route(path, any(raw_endpoint))
             .with_state(engine)
     };
     let router = route("/socket.io/", socketio)

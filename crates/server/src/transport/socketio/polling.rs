@@ -33,7 +33,12 @@ impl Drop for Flag<'_> {
 pub(super) async fn get(engine: Engine, conn: Arc<Conn>) -> Response {
     {
         let mut st = conn.state();
-        if st.transport != Transport::Polling || st.polling {
+        // Upgraded: polling is refused, the session goes on.
+        if st.transport != Transport::Polling {
+            return bad_request();
+        }
+        // A second concurrent poll is the protocol error that ends the session.
+        if st.polling {
             drop(st);
             engine.close(&conn, CloseReason::ProtocolError);
             return bad_request();
@@ -44,6 +49,7 @@ pub(super) async fn get(engine: Engine, conn: Arc<Conn>) -> Response {
         conn: &conn,
         get: true,
     };
+
     let mut batch = Vec::new();
     let closing = loop {
         let probed = {
@@ -72,12 +78,16 @@ pub(super) async fn get(engine: Engine, conn: Arc<Conn>) -> Response {
         }
     }
     if let Some(reason) = closing {
-        if !body.is_empty() {
-            body.push(switchboard_protocol::socketio::RECORD_SEPARATOR);
+        // The client closed it itself: its poll just ends. Else it hears the close.
+        if reason != CloseReason::Client {
+            if !body.is_empty() {
+                body.push(switchboard_protocol::socketio::RECORD_SEPARATOR);
+            }
+            body.push('1');
         }
-        body.push('1');
         engine.close(&conn, reason);
-    } else if body.is_empty() {
+    }
+    if body.is_empty() {
         body.push('6');
     }
     (
@@ -92,7 +102,10 @@ pub(super) async fn get(engine: Engine, conn: Arc<Conn>) -> Response {
 pub(super) async fn post(engine: Engine, conn: Arc<Conn>, body: Body) -> Response {
     {
         let mut st = conn.state();
-        if st.transport != Transport::Polling || st.posting {
+        if st.transport != Transport::Polling {
+            return bad_request();
+        }
+        if st.posting {
             drop(st);
             engine.close(&conn, CloseReason::ProtocolError);
             return bad_request();
@@ -122,9 +135,9 @@ pub(super) async fn post(engine: Engine, conn: Arc<Conn>, body: Body) -> Respons
         };
         match engine.app().packet(&engine, &conn, item) {
             Ok(Some(work)) => {
-                conn.set_busy(true);
+                conn.set_busy();
                 work.await;
-                conn.set_busy(false);
+                engine.idle(&conn);
             }
             Ok(None) => {}
             Err(reason) => {

@@ -20,7 +20,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use super::conn::{CloseReason, Out, Transport};
-use super::{Conn, Engine, bad_request, unknown_sid};
+use super::{Conn, Engine, unknown_sid};
 use crate::error::ApiError;
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -61,6 +61,8 @@ pub(super) fn upgrade(
     let Some(key) = crate::transport::ws::handshake_key(headers) else {
         return ApiError::bad_request("expected a WebSocket upgrade").into_response();
     };
+    // `Err`: a connection that can not be upgraded (already on WebSocket, or another
+    // probe is on): the socket is accepted and closed, as the reference server does.
     let upgrading = match sid {
         Some(sid) => {
             let Some(conn) = engine.find(&sid) else {
@@ -71,17 +73,18 @@ pub(super) fn upgrade(
             }
             let mut st = conn.state();
             if st.transport != Transport::Polling || st.upgrading {
-                return bad_request();
+                Err(())
+            } else {
+                st.upgrading = true;
+                drop(st);
+                Ok(Some(conn))
             }
-            st.upgrading = true;
-            drop(st);
-            Some(conn)
         }
         None => {
             if engine.app().is_draining() {
                 return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
             }
-            None
+            Ok(None)
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -97,7 +100,7 @@ pub(super) fn upgrade(
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
-                if let Some(conn) = &upgrading {
+                if let Ok(Some(conn)) = &upgrading {
                     conn.state().upgrading = false;
                 }
                 tracing::debug!(error = %e, "socket.io upgrade failed");
@@ -109,13 +112,17 @@ pub(super) fn upgrade(
                 .await,
         );
         let conn = match upgrading {
-            Some(conn) => {
+            Ok(Some(conn)) => {
                 if !probe(&engine, &conn, &mut socket).await {
                     return None;
                 }
                 conn
             }
-            None => engine.open(Transport::WebSocket),
+            Ok(None) => engine.open(Transport::WebSocket),
+            Err(()) => {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::close(&mut *socket)).await;
+                return None;
+            }
         };
         Some((socket, Carrier { engine, conn }))
     });
@@ -162,6 +169,9 @@ async fn probe(engine: &Engine, conn: &Arc<Conn>, socket: &mut Socket) -> bool {
         Ok(true)
     );
     if !upgraded || engine.expired(conn) || conn.is_closed() {
+        // Polls waiting on the outcome go on (the guard clears the probe).
+        drop(_probe);
+        conn.wake();
         return false;
     }
     conn.state().transport = Transport::WebSocket;
@@ -219,7 +229,7 @@ async fn drive(engine: &Engine, conn: &Arc<Conn>, socket: &mut Socket) -> CloseR
             _ = conn.changed() => {}
             _ = async { pending.as_mut().expect("guarded").await }, if pending.is_some() => {
                 pending = None;
-                conn.set_busy(false);
+                engine.idle(conn);
             }
             incoming = socket.next(), if pending.is_none() => {
                 let item = match incoming {
@@ -239,7 +249,7 @@ async fn drive(engine: &Engine, conn: &Arc<Conn>, socket: &mut Socket) -> CloseR
                 };
                 match item {
                     Ok(Some(work)) => {
-                        conn.set_busy(true);
+                        conn.set_busy();
                         pending = Some(work);
                     }
                     Ok(None) => {}

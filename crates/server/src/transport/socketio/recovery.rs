@@ -1,0 +1,304 @@
+//! Connection state recovery: a Socket.IO socket that drops and comes back within the
+//! window gets its id, its rooms, and every durable event it missed, once, in order.
+//!
+//! Every durable event reaches a socket with its position as the last argument
+//! (`"<offset>-<epoch>-<room>"`); the official client keeps the last one it saw and
+//! sends it back with its private session id (`pid`) when it reconnects. When a
+//! socket's connection closes, its state is stashed under the pid: its rooms and the
+//! trail of durable events queued to it (see [`Trail`]). The reported position cuts
+//! the trail: what precedes it arrived, what follows was lost; each room resumes after
+//! the last offset that arrived, by the hub's own replay.
+//!
+//! Private messages reach a socket through its user's personal room with the
+//! positions of their `dm:` rooms. The stash also keeps the head of each of the user's
+//! conversations, read while the closed session still receives (so a message is in
+//! the trail or after that head); a conversation resumes after the last offset that
+//! arrived, or after that head if nothing of it arrived.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use parking_lot::Mutex;
+use switchboard_protocol::DM_ROOM_PREFIX;
+
+use crate::hub::{Hub, Registration, Trail};
+
+/// Most stashes kept at once; past it the oldest is dropped first.
+const MAX_STASHES: usize = 100_000;
+/// Most conversations whose heads are read for one stash.
+const MAX_CONVERSATIONS: u32 = 1000;
+
+/// What a closed socket left for its recovery.
+#[derive(Debug, Clone, Default)]
+pub struct Captured {
+    pub rooms: Vec<Arc<str>>,
+    pub trail: Trail,
+    /// `(dm room, head)` of the user's conversations when the socket closed.
+    pub conversations: Vec<(Arc<str>, u64)>,
+}
+
+pub struct Stash {
+    pub user: String,
+    pub client_id: Arc<str>,
+    expires: Instant,
+    /// Resolves once the closed session is gone from the hub.
+    pub captured: Shared<BoxFuture<'static, Arc<Captured>>>,
+}
+
+#[derive(Default)]
+pub struct Stashes {
+    map: Mutex<HashMap<Arc<str>, Stash>>,
+}
+
+impl Stashes {
+    /// Stashes the state of a socket whose connection closed: its rooms, its trail
+    /// and its user's conversations, read while `registration` (dropped at the end)
+    /// keeps the session receiving.
+    pub fn keep(&self, hub: Hub, pid: Arc<str>, registration: Registration, window: Duration) {
+        let session = registration.session().clone();
+        let user = session.user().id.clone();
+        let client_id = session.client_id.clone();
+        let capture = {
+            let user = user.clone();
+            async move {
+                let conversations = conversations(&hub, &user).await;
+                let captured = Captured {
+                    rooms: session.rooms(),
+                    trail: session.trail().unwrap_or_default(),
+                    conversations,
+                };
+                drop(registration);
+                Arc::new(captured)
+            }
+        }
+        .boxed()
+        .shared();
+        // Driven now, whether or not the client comes back.
+        tokio::spawn(capture.clone());
+        let stash = Stash {
+            user,
+            client_id,
+            expires: Instant::now() + window,
+            captured: capture,
+        };
+        let mut map = self.map.lock();
+        if map.len() >= MAX_STASHES
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.expires)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(pid, stash);
+    }
+
+    /// Takes the stash of `pid` if it is `user`'s and still within its window.
+    pub fn take(&self, pid: &str, user: &str) -> Option<Stash> {
+        let stash = self.map.lock().remove(pid)?;
+        (stash.user == user && Instant::now() < stash.expires).then_some(stash)
+    }
+
+    /// Drops the expired stashes.
+    pub fn purge(&self) {
+        let now = Instant::now();
+        self.map.lock().retain(|_, s| now < s.expires);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+}
+
+/// Conversations `user` began since its socket closed (a first private message while
+/// it was away): they resume from their start.
+pub async fn new_conversations(hub: &Hub, user: &str, captured: &Captured) -> Vec<(Arc<str>, u64)> {
+    if captured.conversations.len() >= MAX_CONVERSATIONS as usize {
+        // The stash could not list them all: what is new is unknown.
+        return Vec::new();
+    }
+    conversations(hub, user)
+        .await
+        .into_iter()
+        .filter(|(room, _)| {
+            !captured.conversations.iter().any(|(r, _)| r == room)
+                && !captured.trail.events.iter().any(|(r, _)| r == room)
+        })
+        .map(|(room, _)| (room, 0))
+        .collect()
+}
+
+/// The heads of `user`'s conversations (at most [`MAX_CONVERSATIONS`]).
+async fn conversations(hub: &Hub, user: &str) -> Vec<(Arc<str>, u64)> {
+    let rooms = match hub
+        .store()
+        .rooms_of(user, Some(DM_ROOM_PREFIX), MAX_CONVERSATIONS)
+        .await
+    {
+        Ok(rooms) => rooms,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading conversations for a recovery failed");
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for (room, _) in rooms {
+        if !room.starts_with(DM_ROOM_PREFIX) {
+            break;
+        }
+        if let Ok(head) = hub.head(&room).await {
+            out.push((Arc::from(room), head.offset));
+        }
+    }
+    out
+}
+
+/// Where each room and conversation resumes, given the position of the last durable
+/// event the client received (`(room, offset)`, or none). None when that position can
+/// not be placed (the trail lost it): the client must reload.
+pub fn resume_points(
+    captured: &Captured,
+    marker: Option<(&str, u64)>,
+) -> Option<Vec<(Arc<str>, u64)>> {
+    let trail = &captured.trail;
+    let found = marker.and_then(|(room, offset)| {
+        trail
+            .events
+            .iter()
+            .rposition(|(r, o)| *o == offset && &**r == room)
+    });
+    let cut = match found {
+        Some(i) => i + 1,
+        // Nothing of this connection arrived (or the client names a position of an
+        // earlier one); unless the trail lost its oldest events.
+        None if trail.trimmed => return None,
+        None => 0,
+    };
+    let mut rooms: Vec<Arc<str>> = captured.rooms.clone();
+    let mut add = |r: &Arc<str>| {
+        if !rooms.contains(r) {
+            rooms.push(r.clone());
+        }
+    };
+    for (r, _) in &trail.events {
+        if r.starts_with(DM_ROOM_PREFIX) {
+            add(r);
+        }
+    }
+    for (r, _) in &captured.conversations {
+        add(r);
+    }
+    let mut out = Vec::with_capacity(rooms.len());
+    for room in rooms {
+        let arrived = trail
+            .events
+            .iter()
+            .take(cut)
+            .rev()
+            .find(|(r, _)| *r == room)
+            .map(|(_, o)| *o);
+        let lost_first = trail
+            .events
+            .iter()
+            .skip(cut)
+            .find(|(r, _)| *r == room)
+            .map(|(_, o)| o.saturating_sub(1));
+        let head = captured
+            .conversations
+            .iter()
+            .find(|(r, _)| *r == room)
+            .map(|(_, o)| *o);
+        let since = arrived
+            .or_else(|| trail.base(&room))
+            .or(lost_first)
+            .or(head);
+        if let Some(since) = since {
+            out.push((room, since));
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trail(events: &[(&str, u64)], bases: &[(&str, u64)], trimmed: bool) -> Trail {
+        Trail {
+            events: events.iter().map(|(r, o)| (Arc::from(*r), *o)).collect(),
+            bases: bases.iter().map(|(r, o)| (Arc::from(*r), *o)).collect(),
+            trimmed,
+        }
+    }
+
+    fn points(c: &Captured, marker: Option<(&str, u64)>) -> Option<Vec<(String, u64)>> {
+        resume_points(c, marker).map(|v| v.into_iter().map(|(r, o)| (r.to_string(), o)).collect())
+    }
+
+    #[test]
+    fn the_reported_position_cuts_the_trail() {
+        let c = Captured {
+            rooms: vec!["a".into(), "b".into()],
+            trail: trail(
+                &[("a", 5), ("b", 2), ("a", 6), ("b", 3)],
+                &[("a", 4), ("b", 1)],
+                false,
+            ),
+            conversations: vec![],
+        };
+        // Got a5 and b2: a resumes after 5, b after 2.
+        assert_eq!(
+            points(&c, Some(("b", 2))),
+            Some(vec![("a".into(), 5), ("b".into(), 2)])
+        );
+        // Got everything.
+        assert_eq!(
+            points(&c, Some(("b", 3))),
+            Some(vec![("a".into(), 6), ("b".into(), 3)])
+        );
+        // Got nothing of this connection: from where the joins began.
+        assert_eq!(
+            points(&c, None),
+            Some(vec![("a".into(), 4), ("b".into(), 1)])
+        );
+        assert_eq!(
+            points(&c, Some(("z", 9))),
+            Some(vec![("a".into(), 4), ("b".into(), 1)])
+        );
+    }
+
+    #[test]
+    fn a_lost_position_can_not_be_placed_once_the_trail_was_trimmed() {
+        let c = Captured {
+            rooms: vec!["a".into()],
+            trail: trail(&[("a", 7)], &[("a", 6)], true),
+            conversations: vec![],
+        };
+        assert_eq!(points(&c, Some(("a", 3))), None);
+        assert_eq!(points(&c, Some(("a", 7))), Some(vec![("a".into(), 7)]));
+    }
+
+    #[test]
+    fn conversations_resume_after_what_arrived_or_their_head() {
+        let c = Captured {
+            rooms: vec![],
+            trail: trail(&[("dm:a:b", 3), ("dm:a:c", 8)], &[], false),
+            conversations: vec![
+                ("dm:a:b".into(), 4),
+                ("dm:a:c".into(), 8),
+                ("dm:a:d".into(), 2),
+            ],
+        };
+        assert_eq!(
+            points(&c, Some(("dm:a:b", 3))),
+            Some(vec![
+                ("dm:a:b".into(), 3),
+                ("dm:a:c".into(), 7),
+                ("dm:a:d".into(), 2)
+            ])
+        );
+    }
+}
