@@ -358,3 +358,47 @@ mod tests {
         assert_eq!(v["ref"], 1);
     }
 }
+
+/// `/webrtc` (Socket.IO): a peer in a signaling room, as `room_peers` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RtcPeer {
+    /// The peer id: its socket id.
+    pub id: String,
+    pub user_info: UserInfo,
+    pub joined_at: u64,
+}
+
+/// `/webrtc`: `room_peers`, the joiner's answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RoomPeers {
+    pub room_id: String,
+    pub peers: Vec<RtcPeer>,
+}
+
+/// `/webrtc`: `peer_joined`, to the others of the room.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerJoined {
+    pub peer_id: String,
+    pub user_info: UserInfo,
+    pub timestamp: u64,
+}
+
+/// `/webrtc`: `peer_left`, when a peer leaves a room or disconnects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerLeft {
+    pub peer_id: String,
+    pub timestamp: u64,
+}
+
+impl PeerLeft {
+    pub fn now(peer_id: &str) -> PeerLeft {
+        PeerLeft {
+            peer_id: peer_id.to_string(),
+            timestamp: crate::now_millis(),
+        }
+    }
+}

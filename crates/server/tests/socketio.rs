@@ -336,3 +336,137 @@ async fn no_recovery_past_the_window() {
     assert_eq!(again["recovered"], false, "{again}");
     assert_ne!(again["sid"], hello["sid"]);
 }
+
+/// Opens socket `id` on the `/webrtc` namespace; returns its sid.
+async fn rtc_peer(
+    sio: &mut Sio,
+    server: &TestServer,
+    id: &str,
+    user: &str,
+    opts: serde_json::Value,
+) -> String {
+    let mut o = json!({"auth": {"token": token(user)}});
+    if let (Some(o), serde_json::Value::Object(extra)) = (o.as_object_mut(), opts) {
+        o.extend(extra);
+    }
+    sio.send(json!({"op": "connect", "id": id, "url": format!("http://{}/webrtc", server.addr), "opts": o}))
+        .await;
+    let rec = sio.record(id, "connect").await;
+    rec["sid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webrtc_signaling_namespace() {
+    let server = TestServer::start().await;
+    let mut sio = Sio::start().await;
+    let alice = rtc_peer(&mut sio, &server, "alice", "alice", json!({})).await;
+    let bob = rtc_peer(
+        &mut sio,
+        &server,
+        "bob",
+        "bob",
+        json!({"transports": ["websocket"]}),
+    )
+    .await;
+    let carol = rtc_peer(&mut sio, &server, "carol", "carol", json!({})).await;
+
+    let res = sio
+        .call("alice", "join_room", json!({"roomId": "call"}))
+        .await;
+    assert_eq!(res["ok"], true, "{res}");
+    assert_eq!(res["peers"], json!([]));
+    let peers = sio.event("alice", "room_peers").await;
+    assert_eq!(peers[0]["roomId"], "call");
+    sio.call("bob", "join_room", json!({"roomId": "call"}))
+        .await;
+    let peers = sio.event("bob", "room_peers").await;
+    assert_eq!(peers[0]["peers"][0]["id"], alice.as_str(), "{peers:?}");
+    assert_eq!(peers[0]["peers"][0]["userInfo"]["id"], "alice");
+    assert!(peers[0]["peers"][0]["joinedAt"].as_u64().is_some());
+    let joined = sio.event("alice", "peer_joined").await;
+    assert_eq!(joined[0]["peerId"], bob.as_str());
+    assert_eq!(joined[0]["userInfo"]["id"], "bob");
+
+    // Relayed within a shared room, with the sender's peer id.
+    let payload = json!({"type": "offer", "sdp": "v=0"});
+    sio.emit(
+        "bob",
+        "rtc_offer",
+        json!({"targetPeerId": alice, "payload": payload}),
+    )
+    .await;
+    let offer = sio.event("alice", "rtc_offer").await;
+    assert_eq!(offer[0]["senderPeerId"], bob.as_str());
+    assert_eq!(offer[0]["payload"], payload);
+    sio.emit(
+        "alice",
+        "rtc_ice_candidate",
+        json!({"targetPeerId": bob, "payload": {"candidate": "c"}}),
+    )
+    .await;
+    let ice = sio.event("bob", "rtc_ice_candidate").await;
+    assert_eq!(ice[0]["senderPeerId"], alice.as_str());
+
+    // Not in a shared room, or no such peer: refused.
+    let res = sio
+        .call(
+            "carol",
+            "rtc_offer",
+            json!({"targetPeerId": alice, "payload": {}}),
+        )
+        .await;
+    assert_eq!(res["error"], "Target peer not found", "{res}");
+    sio.emit(
+        "carol",
+        "rtc_answer",
+        json!({"targetPeerId": "nobody", "payload": {}}),
+    )
+    .await;
+    let err = sio.event("carol", "error").await;
+    assert_eq!(err[0]["message"], "Target peer not found");
+    let res = sio
+        .call(
+            "carol",
+            "send_message",
+            json!({"roomId": "call", "content": "x"}),
+        )
+        .await;
+    assert_eq!(
+        res["ok"], false,
+        "chat is not for the signaling namespace: {res}"
+    );
+
+    // A wanted peer id is taken if unused.
+    let dave = rtc_peer(
+        &mut sio,
+        &server,
+        "dave",
+        "dave",
+        json!({"query": {"peerId": "dave-phone"}}),
+    )
+    .await;
+    assert_eq!(dave, "dave-phone");
+    let dave2 = rtc_peer(
+        &mut sio,
+        &server,
+        "dave2",
+        "dave",
+        json!({"query": {"peerId": "dave-phone"}}),
+    )
+    .await;
+    assert_ne!(dave2, "dave-phone");
+
+    // Leaving and going away are told to the room.
+    sio.call("bob", "leave_room", json!({"roomId": "call"}))
+        .await;
+    let left = sio.event("alice", "peer_left").await;
+    assert_eq!(left[0]["peerId"], bob.as_str());
+    sio.call("bob", "join_room", json!({"roomId": "call"}))
+        .await;
+    sio.event("alice", "peer_joined").await;
+    sio.send(json!({"op": "disconnect", "id": "bob"})).await;
+    let left = sio.event("alice", "peer_left").await;
+    assert_eq!(left[0]["peerId"], bob.as_str());
+    // Signaling sockets are not devices of their users.
+    assert_eq!(server.hub.presence().devices("alice").await.unwrap(), 0);
+}

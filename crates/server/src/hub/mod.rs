@@ -27,7 +27,8 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use serde::Serialize;
 use switchboard_protocol::{
-    CloseCode, PERSONAL_ROOM_PREFIX, SYSTEM_ROOM, UserDisconnected, now_millis, personal_room,
+    CloseCode, PERSONAL_ROOM_PREFIX, PeerLeft, SYSTEM_ROOM, UserDisconnected, now_millis,
+    personal_room,
 };
 use tokio::sync::mpsc;
 
@@ -39,6 +40,7 @@ pub use session::{OutboxLimits, Outgoing, Session, TRAIL_MAX, Trail, Wire};
 pub use users::{STATUSES, visible_status};
 
 use crate::auth::{AuthError, Identity, Verifier};
+
 use crate::broker::{Broker, Envelope};
 use crate::config::Config;
 use crate::encode::Event;
@@ -153,7 +155,7 @@ struct Inner {
     sessions: Box<[SessionShard]>,
     hasher: RandomState,
     /// Open sessions, by wire (WebSocket, SSE).
-    open: [AtomicU64; 3],
+    open: [AtomicU64; 4],
     next_session: AtomicU64,
     started: Instant,
     draining: AtomicBool,
@@ -314,7 +316,7 @@ impl Hub {
         match wire {
             Wire::WebSocket => &self.inner.metrics.connections_websocket,
             Wire::Sse => &self.inner.metrics.connections_sse,
-            Wire::SocketIo => &self.inner.metrics.connections_socketio,
+            Wire::SocketIo | Wire::SocketIoRtc => &self.inner.metrics.connections_socketio,
         }
     }
 
@@ -368,6 +370,9 @@ impl Hub {
             hub: self.clone(),
             session: session.clone(),
         };
+        if !wire.is_device() {
+            return Ok(registration);
+        }
         let devices = self.presence().connect(session.device()).await?;
         let max = s.max_connections_per_user as u64;
         if max > 0 && devices > max {
@@ -415,9 +420,17 @@ impl Hub {
         for room in &rooms {
             self.rooms().leave(room, session.id);
             self.broker().unsubscribe(room);
-            if session.wire.participates() {
+            if session.wire.participates() || session.wire == Wire::SocketIoRtc {
                 presence.leave(room, session.device());
             }
+        }
+        if session.wire == Wire::SocketIoRtc {
+            // A signaling peer: its rooms hear `peer_left`, nothing else.
+            for room in rooms {
+                let left = PeerLeft::now(&session.client_id);
+                self.publish_detached(room, Arc::new(Event::new("peer_left", &left)), None);
+            }
+            return;
         }
         presence.disconnect(session.device());
         self.device_left(session);

@@ -55,6 +55,9 @@ pub enum Wire {
     /// A Socket.IO socket (main namespace): a participant like the native protocol,
     /// whose liveness is Engine.IO's heartbeat and whose `ref`s are ack ids.
     SocketIo,
+    /// A Socket.IO socket of the `/webrtc` signaling namespace: a peer in signaling
+    /// rooms only, not a device of its user and not a member of chat rooms.
+    SocketIoRtc,
 }
 
 impl Wire {
@@ -62,7 +65,7 @@ impl Wire {
         match self {
             Wire::WebSocket => "websocket",
             Wire::Sse => "sse",
-            Wire::SocketIo => "socketio",
+            Wire::SocketIo | Wire::SocketIoRtc => "socketio",
         }
     }
 
@@ -71,6 +74,7 @@ impl Wire {
             Wire::WebSocket => Format::Native,
             Wire::Sse => Format::Sse,
             Wire::SocketIo => Format::SocketIo,
+            Wire::SocketIoRtc => Format::SocketIoRtc,
         }
     }
 
@@ -78,7 +82,12 @@ impl Wire {
     /// pings, and is in its user's personal room from the start. A listener receives
     /// only the rooms it names.
     pub fn participates(self) -> bool {
-        self != Wire::Sse
+        matches!(self, Wire::WebSocket | Wire::SocketIo)
+    }
+
+    /// A device of its user: counted, announced to its other devices, online.
+    pub fn is_device(self) -> bool {
+        self != Wire::SocketIoRtc
     }
 }
 
@@ -264,7 +273,7 @@ impl Session {
     /// The ack id a Socket.IO request's `ref` carries.
     fn ack_id(&self, r: Option<&Ref>) -> Option<u64> {
         match (self.wire, r) {
-            (Wire::SocketIo, Some(Ref::Number(n))) => n.as_u64(),
+            (Wire::SocketIo | Wire::SocketIoRtc, Some(Ref::Number(n))) => n.as_u64(),
             _ => None,
         }
     }
@@ -274,7 +283,11 @@ impl Session {
         if self.answered.swap(id + 1, Ordering::Relaxed) == id + 1 {
             return true;
         }
-        self.push_frame(socketio::ack(socketio::ROOT, id, data))
+        let namespace = match self.wire {
+            Wire::SocketIoRtc => socketio::WEBRTC,
+            _ => socketio::ROOT,
+        };
+        self.push_frame(socketio::ack(namespace, id, data))
     }
 
     /// Answers ack `id` with `{ok: true}` if nothing answered it: a request without a

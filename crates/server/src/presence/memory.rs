@@ -217,10 +217,11 @@ impl Presence for MemoryPresence {
             .filter(|(c, _)| &***c != except)
             .take(limit)
             .filter_map(|(c, u)| {
-                let info = r.users.get(&**u)?.info.clone();
+                let user = r.users.get(&**u)?;
                 Some(PeerEntry {
                     client_id: c.clone(),
-                    user: info,
+                    user: user.info.clone(),
+                    joined_at: user.joined_at,
                 })
             })
             .collect();

@@ -48,6 +48,8 @@ pub struct MemberPage {
 pub struct PeerEntry {
     pub client_id: Arc<str>,
     pub user: UserInfo,
+    /// When its user joined the room (Unix ms).
+    pub joined_at: u64,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]

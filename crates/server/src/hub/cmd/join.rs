@@ -126,7 +126,12 @@ pub(super) async fn run(
     r: Option<&Ref>,
     opts: JoinOptions,
 ) -> Result<Joined, ErrorKind> {
-    if !hub.verifier().may_join(&session.identity, &j.room_id) {
+    // A signaling room is allowed as the room it signals for.
+    let allowed = j
+        .room_id
+        .strip_prefix(super::signaling::RTC_ROOM_PREFIX)
+        .unwrap_or(&j.room_id);
+    if !hub.verifier().may_join(&session.identity, allowed) {
         return Err(ErrorKind::Forbidden);
     }
     let room: Arc<str> = j.room_id.into();

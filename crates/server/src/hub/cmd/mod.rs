@@ -16,6 +16,7 @@ mod private;
 mod rtc;
 mod send;
 mod share;
+pub(crate) mod signaling;
 mod status;
 mod typing;
 

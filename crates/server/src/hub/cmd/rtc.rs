@@ -3,12 +3,15 @@
 
 use switchboard_protocol::{ErrorKind, RtcRelay, RtcSignal};
 
-use crate::hub::{Hub, Session};
+use crate::hub::{Hub, Session, Wire};
 
 pub(super) async fn run(hub: &Hub, session: &Session, signal: RtcSignal) -> Result<(), ErrorKind> {
     let target = hub
         .session(&signal.target_peer_id)
-        .filter(|t| t.wire.participates())
+        .filter(|t| {
+            t.wire != Wire::Sse
+                && (t.wire == Wire::SocketIoRtc) == (session.wire == Wire::SocketIoRtc)
+        })
         .ok_or(ErrorKind::TargetPeerNotFound)?;
     let rooms = session.rooms();
     let shared = hub

@@ -22,7 +22,7 @@ use super::recovery::{self, Stashes};
 use super::{Conn, Engine, Settings, random_id};
 use crate::encode::Frame;
 use crate::encode::socketio as socketio_encode;
-use crate::encode::socketio::ROOT;
+use crate::encode::socketio::{ROOT, WEBRTC};
 use crate::hub::{ConnectError, Hub, Session, Wire};
 
 /// Async work a packet started: awaited before the connection's next packet.
@@ -285,6 +285,9 @@ struct Auth {
     token: Option<String>,
     pid: Option<String>,
     offset: Option<String>,
+    /// `/webrtc`: the peer id wanted (as the `peerId` query value).
+    #[serde(rename = "peerId")]
+    peer_id: Option<String>,
 }
 
 impl HubApp {
@@ -298,7 +301,7 @@ impl HubApp {
         let ns = packet.namespace;
         match packet.kind {
             Kind::Connect => {
-                if ns != ROOT {
+                if ns != ROOT && ns != WEBRTC {
                     conn.push_text(connect_error(ns, "Invalid namespace"));
                     return Ok(None);
                 }
@@ -309,6 +312,11 @@ impl HubApp {
                     .data
                     .and_then(|d| serde_json::from_str(d).ok())
                     .unwrap_or_default();
+                if ns == WEBRTC {
+                    return Ok(Some(
+                        connect_webrtc(self.hub.clone(), conn.clone(), auth).boxed(),
+                    ));
+                }
                 let recovery = (!self.window.is_zero()).then(|| self.stashes.clone());
                 Ok(Some(
                     connect(self.hub.clone(), conn.clone(), auth, recovery).boxed(),
@@ -378,6 +386,34 @@ impl HubApp {
         };
         let hub = self.hub.clone();
         let session = session.clone();
+        if session.wire == Wire::SocketIoRtc {
+            let name = name.into_owned();
+            return Some(
+                async move {
+                    let result = match request {
+                        Request::JoinRoom(j) => {
+                            hub.rtc_join(&session, &j.room_id, r.as_ref()).await
+                        }
+                        Request::LeaveRoom { room_id } => {
+                            hub.rtc_leave(&session, &room_id, r.as_ref()).await
+                        }
+                        request @ (Request::Rtc(_) | Request::Ping) => {
+                            hub.handle(&session, request, r.as_ref()).await
+                        }
+                        _ => Err(ErrorKind::UnknownType(name)),
+                    };
+                    if let Err(e) = &result {
+                        session.error(e, r.as_ref());
+                    }
+                    if let Some(Ref::Number(n)) = &r
+                        && let Some(id) = n.as_u64()
+                    {
+                        session.finish_ack(id);
+                    }
+                }
+                .boxed(),
+            );
+        }
         Some(
             async move {
                 let members_of = match &request {
@@ -562,4 +598,43 @@ async fn connect(hub: Hub, conn: Arc<Conn>, auth: Auth, recovery: Option<Arc<Sta
         tracing::info!(client = %session.client_id, "socket.io recovery incomplete; closing");
         session.close(switchboard_protocol::CloseCode::SlowConsumer);
     }
+}
+
+/// CONNECT to `/webrtc`: a signaling peer whose id is its socket id, or the `peerId`
+/// the client asks for (query or auth) when it is well-formed and unused.
+async fn connect_webrtc(hub: Hub, conn: Arc<Conn>, auth: Auth) {
+    let identity = match hub.authenticate(auth.token.as_deref()) {
+        Ok(identity) => identity,
+        Err(_) => {
+            hub.metrics().auth_failures.increment(1);
+            conn.push_text(connect_error(WEBRTC, "Authentication failed"));
+            return;
+        }
+    };
+    let wanted = auth
+        .peer_id
+        .or_else(|| conn.peer_id.as_deref().map(str::to_string))
+        .filter(|p| switchboard_protocol::is_valid_client_message_id(p))
+        .map(Arc::<str>::from);
+    let greet = |session: &Session| {
+        session.push_frame(connect_ok(WEBRTC, &session.client_id));
+    };
+    let registration = match hub
+        .connect_as(identity, Wire::SocketIoRtc, wanted, greet)
+        .await
+    {
+        Ok(registration) => registration,
+        Err(e) => {
+            tracing::error!(error = %e, "socket.io /webrtc connection refused");
+            conn.push_text(connect_error(WEBRTC, "Internal error"));
+            return;
+        }
+    };
+    let socket = Socket {
+        namespace: WEBRTC.into(),
+        sid: registration.session().client_id.clone(),
+        pid: None,
+        registration: Some(registration),
+    };
+    let _ = conn.add_socket(socket);
 }

@@ -109,10 +109,18 @@ pub struct Conn {
     next_ping: AtomicU64,
     /// A request of this connection is being served: the server is the one late.
     busy: AtomicBool,
+    /// The `peerId` of the handshake's query, for the `/webrtc` namespace.
+    pub peer_id: Option<Box<str>>,
 }
 
 impl Conn {
-    pub(super) fn new(sid: Arc<str>, transport: Transport, now: u64, next_ping: u64) -> Conn {
+    pub(super) fn new(
+        sid: Arc<str>,
+        transport: Transport,
+        now: u64,
+        next_ping: u64,
+        peer_id: Option<Box<str>>,
+    ) -> Conn {
         Conn {
             sid,
             opened_ms: now,
@@ -131,6 +139,7 @@ impl Conn {
             pong_due: AtomicU64::new(0),
             next_ping: AtomicU64::new(next_ping),
             busy: AtomicBool::new(false),
+            peer_id,
         }
     }
 

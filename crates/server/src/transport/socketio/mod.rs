@@ -177,13 +177,14 @@ impl Engine {
     }
 
     /// A new connection, registered under a fresh sid.
-    fn open(&self, transport: Transport) -> Arc<Conn> {
+    fn open(&self, transport: Transport, peer_id: Option<String>) -> Arc<Conn> {
         let now = self.now_ms();
         let conn = Arc::new(Conn::new(
             random_id().into(),
             transport,
             now,
             now + self.inner.settings.ping_interval.as_millis() as u64,
+            peer_id.map(String::into_boxed_str),
         ));
         self.shard(&conn.sid)
             .lock()
@@ -292,6 +293,9 @@ pub struct EngineParams {
     transport: Option<String>,
     /// The session id, after the handshake.
     sid: Option<String>,
+    /// `/webrtc`: the peer id wanted (used only if no connection has it).
+    #[serde(rename = "peerId")]
+    peer_id: Option<String>,
 }
 
 /// Engine.IO's error answer: `{"code": N, "message": "..."}` with status 400.
@@ -358,13 +362,13 @@ async fn handle(
     let method = req.method().clone();
     match (params.transport.as_deref(), params.sid) {
         (Some("websocket"), sid) if method == Method::GET => {
-            websocket::upgrade(engine, sid, &headers, req)
+            websocket::upgrade(engine, sid, params.peer_id, &headers, req)
         }
         (Some("polling"), None) if method == Method::GET => {
             if engine.app().is_draining() {
                 return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
             }
-            let conn = engine.open(Transport::Polling);
+            let conn = engine.open(Transport::Polling, params.peer_id);
             polling::get(engine, conn).await
         }
         (Some("polling"), None) => engine_error(2, "Bad handshake method"),

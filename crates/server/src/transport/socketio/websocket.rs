@@ -55,6 +55,7 @@ impl Drop for Probe<'_> {
 pub(super) fn upgrade(
     engine: Engine,
     sid: Option<String>,
+    peer_id: Option<String>,
     headers: &HeaderMap,
     mut req: Request<Body>,
 ) -> Response {
@@ -118,7 +119,7 @@ pub(super) fn upgrade(
                 }
                 conn
             }
-            Ok(None) => engine.open(Transport::WebSocket),
+            Ok(None) => engine.open(Transport::WebSocket, peer_id),
             Err(()) => {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, SinkExt::close(&mut *socket)).await;
                 return None;
