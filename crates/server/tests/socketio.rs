@@ -368,7 +368,7 @@ async fn webrtc_signaling_namespace() {
         json!({"transports": ["websocket"]}),
     )
     .await;
-    let carol = rtc_peer(&mut sio, &server, "carol", "carol", json!({})).await;
+    rtc_peer(&mut sio, &server, "carol", "carol", json!({})).await;
 
     let res = sio
         .call("alice", "join_room", json!({"roomId": "call"}))
