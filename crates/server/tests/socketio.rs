@@ -470,3 +470,183 @@ async fn webrtc_signaling_namespace() {
     // Signaling sockets are not devices of their users.
     assert_eq!(server.hub.presence().devices("alice").await.unwrap(), 0);
 }
+
+/// The user layer over Socket.IO, with the names and shapes of the native protocol:
+/// devices, statuses to contacts, private messages, read markers, offline
+/// notifications, shared files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_user_layer_over_socketio() {
+    let server = TestServer::with(|c| c.presence.offline_grace_secs = 0).await;
+    assert_eq!(server.set_contacts("alice", &["bob"]).await, 200);
+    let mut sio = Sio::start().await;
+    sio.open("bob", server.addr, &token("bob"), json!({})).await;
+    sio.open("phone", server.addr, &token("alice"), json!({}))
+        .await;
+    let online = sio.event("bob", "friend_status_update").await;
+    assert_eq!(online[0]["userId"], "alice");
+    assert_eq!(online[0]["status"], "online");
+    let laptop = sio
+        .open(
+            "laptop",
+            server.addr,
+            &token("alice"),
+            json!({"transports": ["websocket"]}),
+        )
+        .await;
+    let dev = sio.event("phone", "device_connected").await;
+    assert_eq!(dev[0]["socketId"], laptop["sid"]);
+    assert_eq!(dev[0]["transport"], "socketio");
+
+    // Status: every own device, and the contacts.
+    let res = sio
+        .call("laptop", "update_status", json!({"status": "away"}))
+        .await;
+    assert_eq!(res["ok"], true, "{res}");
+    assert_eq!(
+        sio.event("phone", "status_updated").await[0]["status"],
+        "away"
+    );
+    let st = sio.event("bob", "friend_status_update").await;
+    assert_eq!(
+        (st[0]["userId"].as_str(), st[0]["status"].as_str()),
+        (Some("alice"), Some("away"))
+    );
+
+    // A private message: the recipient and the sender's other devices; the ack.
+    let ack = sio
+        .call(
+            "phone",
+            "send_private_message",
+            json!({"recipientId": "bob", "content": "hi bob"}),
+        )
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    assert_eq!(ack["offset"], 1);
+    let pm = sio.event("bob", "private_message").await;
+    assert_eq!(pm[0]["content"], "hi bob");
+    assert_eq!(pm[0]["roomId"], "dm:alice:bob");
+    assert_eq!(
+        sio.event("laptop", "private_message").await[0]["content"],
+        "hi bob"
+    );
+
+    // Read markers reach every device of the reader.
+    sio.call(
+        "bob",
+        "mark_read",
+        json!({"roomId": "dm:alice:bob", "offset": 1}),
+    )
+    .await;
+    let marker = sio.event("bob", "read_marker").await;
+    assert_eq!(marker[0]["offset"], 1);
+
+    // A file shared in a room.
+    sio.call("phone", "join_room", json!({"roomId": "team"}))
+        .await;
+    let up = reqwest::Client::new()
+        .post(server.http("/api/files"))
+        .bearer_auth(token("alice"))
+        .header("content-type", "text/plain")
+        .header("x-file-name", "notes.txt")
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(up.status(), 201);
+    let file: serde_json::Value = up.json().await.unwrap();
+    let ack = sio
+        .call(
+            "phone",
+            "share_file",
+            json!({"roomId": "team", "fileId": file["id"]}),
+        )
+        .await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let shared = sio.event("phone", "new_message").await;
+    assert_eq!(shared[0]["type"], "file");
+    assert_eq!(shared[0]["content"]["name"], "notes.txt");
+    let res = sio
+        .call(
+            "phone",
+            "share_file",
+            json!({"roomId": "team", "fileId": "nope"}),
+        )
+        .await;
+    assert_eq!(res["error"], "File not found");
+
+    // Offline: bob's contacts hear it; a message for him waits as a notification.
+    sio.send(json!({"op": "disconnect", "id": "bob"})).await;
+    sio.send(json!({"op": "exit"})).await;
+    drop(sio);
+    let mut sio = Sio::start().await;
+    sio.open("phone", server.addr, &token("alice"), json!({}))
+        .await;
+    sio.call(
+        "phone",
+        "send_private_message",
+        json!({"recipientId": "bob", "content": "later"}),
+    )
+    .await;
+    common::eventually("bob's notification is stored", || async {
+        let (_, body) = server.get_as("bob", "/api/notifications?unread=true").await;
+        body["notifications"]
+            .as_array()
+            .is_some_and(|n| !n.is_empty())
+    })
+    .await;
+    sio.open("bob", server.addr, &token("bob"), json!({})).await;
+    let note = sio.event("bob", "notification").await;
+    assert_eq!(note[0]["type"], "private_message");
+    assert_eq!(note[0]["message"], "later");
+}
+
+/// A room of 1,000 Socket.IO sockets (one engine each, over WebSocket) gets one
+/// message each, once; the room fills without announcing every arrival to everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_of_a_thousand_sockets() {
+    const N: usize = 1000;
+    let server = TestServer::with(|c| {
+        c.rate_limit.per_sec = 0;
+        c.rooms.announce_max_members = 100;
+    })
+    .await;
+    let mut sio = Sio::start().await;
+    for i in 0..N {
+        sio.send(
+            json!({"op": "connect", "id": format!("s{i}"), "url": format!("http://{}", server.addr),
+            "opts": {"auth": {"token": token(&format!("u{i}"))}, "transports": ["websocket"]}}),
+        )
+        .await;
+    }
+    for i in 0..N {
+        sio.record(&format!("s{i}"), "connect").await;
+        sio.send(
+            json!({"op": "emit", "id": format!("s{i}"), "event": "join_room",
+            "args": [{"roomId": "big"}], "ack": format!("j{i}")}),
+        )
+        .await;
+    }
+    for i in 0..N {
+        let ack = sio.first(|r| r["ack"] == format!("j{i}").as_str()).await;
+        assert_eq!(ack["args"][0]["ok"], true);
+    }
+    let ack = sio
+        .call(
+            "s0",
+            "send_message",
+            json!({"roomId": "big", "content": "to all"}),
+        )
+        .await;
+    assert_eq!(ack["ok"], true);
+    let mut got = std::collections::HashSet::new();
+    while got.len() < N {
+        let rec = sio
+            .first(|r| r["event"] == "new_message" && r["args"][0]["content"] == "to all")
+            .await;
+        assert!(
+            got.insert(rec["id"].as_str().unwrap().to_string()),
+            "twice: {rec}"
+        );
+    }
+    assert_eq!(server.hub.connections(), N as u64);
+}
