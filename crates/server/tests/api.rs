@@ -11,6 +11,12 @@ use serde_json::{Value, json};
 const ROUTES: &[(&str, &str, &str)] = &[
     ("get", "/ws", "/ws"),
     ("get", "/events", "/events"),
+    ("get", "/socket.io/", "/socket.io/?EIO=4&transport=polling"),
+    (
+        "post",
+        "/socket.io/",
+        "/socket.io/?EIO=4&transport=polling&sid=unknown",
+    ),
     ("get", "/health", "/health"),
     ("get", "/ready", "/ready"),
     ("get", "/metrics", "/metrics"),
@@ -138,7 +144,10 @@ async fn stats_count_connections_and_rooms() {
     let stats: Value = admin_get(&srv, "/admin/stats").await;
     assert_eq!(stats["totalClients"], 4);
     assert_eq!(stats["totalRooms"], 2);
-    assert_eq!(stats["transports"], json!({"websocket": 3, "sse": 1}));
+    assert_eq!(
+        stats["transports"],
+        json!({"websocket": 3, "sse": 1, "socketio": 0})
+    );
     assert!(stats["nodeId"].is_string());
     assert_eq!(
         stats["clientsByRoom"],

@@ -134,6 +134,12 @@ async fn rooms_are_shared_with_native_websocket_and_sse() {
             break;
         }
     }
+
+    // A socket that goes away leaves its rooms, as the original design tells them.
+    sio.send(json!({"op": "disconnect", "id": "a"})).await;
+    let left = native.next_of("user_left_room").await;
+    assert_eq!(left["data"]["user"]["id"], "alice");
+    assert_eq!(left["data"]["roomId"], "general");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

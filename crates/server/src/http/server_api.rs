@@ -100,6 +100,8 @@ pub struct AdminStats {
 pub struct Transports {
     websocket: u64,
     sse: u64,
+    /// Socket.IO sockets, both namespaces.
+    socketio: u64,
 }
 
 #[utoipa::path(get, path = "/admin/stats", tag = "server",
@@ -113,6 +115,7 @@ pub async fn admin_stats(_: ApiKey, State(app): State<App>) -> Json<AdminStats> 
         transports: Transports {
             websocket: hub.connections_on(Wire::WebSocket),
             sse: hub.connections_on(Wire::Sse),
+            socketio: hub.connections_on(Wire::SocketIo) + hub.connections_on(Wire::SocketIoRtc),
         },
     })
 }

@@ -445,12 +445,27 @@ impl Hub {
                 timestamp: now_millis(),
             },
         ));
+        // The original Socket.IO design tells the rooms of a closed socket
+        // `user_left_room`, one per room.
+        let as_left = (session.wire == Wire::SocketIo).then(|| session.user().clone());
         let hub = self.clone();
         let client_id = session.client_id.clone();
         self.run_detached(async move {
             for room in rooms {
                 if hub.announces(&room).await {
-                    hub.publish_event(room, event.clone(), Some(client_id.clone()))
+                    let event = match &as_left {
+                        Some(user) => Arc::new(Event::new(
+                            "user_left_room",
+                            &switchboard_protocol::RoomMembership {
+                                user: user.clone(),
+                                room_id: room.to_string(),
+                                peer_id: client_id.to_string(),
+                                timestamp: now_millis(),
+                            },
+                        )),
+                        None => event.clone(),
+                    };
+                    hub.publish_event(room, event, Some(client_id.clone()))
                         .await;
                 }
             }

@@ -349,6 +349,10 @@ impl HubApp {
     ) -> Option<Work> {
         let r = packet.id.map(|id| Ref::Number(id.into()));
         if !self.hub.admit(session) {
+            // Told by an `error` event; a callback is answered too.
+            if r.is_some() {
+                session.error(&ErrorKind::RateLimited, r.as_ref());
+            }
             return None;
         }
         let refuse = |e: ErrorKind| {
