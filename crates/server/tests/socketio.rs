@@ -656,3 +656,111 @@ async fn a_room_of_a_thousand_sockets() {
     }
     assert_eq!(server.hub.connections(), N as u64);
 }
+
+/// Raw Engine.IO over long-polling: a handshake, then the session id.
+async fn handshake(http: &reqwest::Client, base: &str) -> String {
+    let body = http.get(base).send().await.unwrap().text().await.unwrap();
+    let open: serde_json::Value = serde_json::from_str(body.strip_prefix('0').unwrap()).unwrap();
+    open["sid"].as_str().unwrap().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_sessions_are_bounded_and_cleaned_up() {
+    let server = TestServer::with(|c| {
+        c.socketio.ping_interval_ms = 200;
+        c.socketio.ping_timeout_ms = 100;
+        c.socketio.max_payload = 10_000;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let base = server.http("/socket.io/?EIO=4&transport=polling");
+
+    // A client that makes the server answer without ever reading is cut off.
+    let sid = handshake(&http, &base).await;
+    let url = format!("{base}&sid={sid}");
+    for _ in 0..3 {
+        let pings = vec!["2"; 999].join("\u{1e}");
+        http.post(&url).body(pings).send().await.unwrap();
+    }
+    let res = http.get(&url).send().await.unwrap();
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    assert!(status == 400 || text.ends_with('1'), "{status} {text}");
+    assert_eq!(
+        http.get(&url).send().await.unwrap().status(),
+        400,
+        "the session is gone"
+    );
+
+    // More than maxPayload at once: 413, and the session is closed.
+    let sid = handshake(&http, &base).await;
+    let url = format!("{base}&sid={sid}");
+    let res = http
+        .post(&url)
+        .body("4".repeat(20_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 400);
+
+    // A malformed packet closes that session only.
+    let bad = handshake(&http, &base).await;
+    let good = handshake(&http, &base).await;
+    let res = http
+        .post(format!("{base}&sid={bad}"))
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(
+        http.get(format!("{base}&sid={bad}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    // The other answers its ping and lives on.
+    let ping = http
+        .get(format!("{base}&sid={good}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(ping, "2");
+    http.post(format!("{base}&sid={good}"))
+        .body("3")
+        .send()
+        .await
+        .unwrap();
+
+    // A session that stops answering pings is dead once its pong is late, for every
+    // request, whatever the sweep did: interval (200 ms) + timeout (100 ms).
+    let quiet = handshake(&http, &base).await;
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    assert_eq!(
+        http.get(format!("{base}&sid={quiet}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    // `good` stopped answering too: a ping or two more, then it is gone.
+    let mut polls = 0;
+    while http
+        .get(format!("{base}&sid={good}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        == 200
+    {
+        polls += 1;
+        assert!(polls < 5, "a session that does not answer must end");
+    }
+}

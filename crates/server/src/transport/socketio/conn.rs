@@ -81,8 +81,14 @@ pub struct Partial {
     pub parts: Vec<Bytes>,
 }
 
+/// Bounds of a connection's own queue (its sockets' events have the hub's outboxes): a
+/// client that makes the server answer faster than it reads is cut off.
+const MAX_OUT_PACKETS: usize = 1024;
+const MAX_OUT_BYTES: usize = 1 << 20;
+
 pub(super) struct State {
     out: Vec<Out>,
+    out_bytes: usize,
     closed: Option<CloseReason>,
     pub transport: Transport,
     /// A WebSocket is probing to take the connection over.
@@ -126,6 +132,7 @@ impl Conn {
             opened_ms: now,
             state: Mutex::new(State {
                 out: Vec::new(),
+                out_bytes: 0,
                 closed: None,
                 transport,
                 upgrading: false,
@@ -148,10 +155,25 @@ impl Conn {
     }
 
     fn push(&self, out: Out) -> bool {
+        let len = match &out {
+            Out::Text(f) => f.len(),
+            Out::Binary(b) => b.len(),
+        };
         let mut st = self.state.lock();
         if st.closed.is_some() {
             return false;
         }
+        if st.out.len() >= MAX_OUT_PACKETS || st.out_bytes + len > MAX_OUT_BYTES {
+            // Closed here; whoever touches the connection next (its transport, the
+            // sweep) ends it.
+            st.out = Vec::new();
+            st.out_bytes = 0;
+            st.closed = Some(CloseReason::Session(CloseCode::SlowConsumer));
+            drop(st);
+            self.wake.notify_one();
+            return false;
+        }
+        st.out_bytes += len;
         st.out.push(out);
         drop(st);
         self.wake.notify_one();
@@ -249,6 +271,7 @@ impl Conn {
     pub fn take(&self, batch: &mut Vec<Out>) -> Option<CloseReason> {
         let mut st = self.state.lock();
         batch.append(&mut st.out);
+        st.out_bytes = 0;
         if let Some(reason) = st.closed {
             return Some(reason);
         }

@@ -237,7 +237,9 @@ impl Engine {
         for shard in self.inner.conns.iter() {
             let conns: Vec<Arc<Conn>> = shard.lock().values().cloned().collect();
             for conn in conns {
-                if conn.overdue(now, timeout) {
+                if let Some(reason) = conn.closed() {
+                    self.close(&conn, reason);
+                } else if conn.overdue(now, timeout) {
                     self.close(&conn, CloseReason::PingTimeout);
                 } else if !conn.has_sockets() && now >= conn.opened_ms + connect_timeout {
                     self.close(&conn, CloseReason::ConnectTimeout);
