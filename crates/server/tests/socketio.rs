@@ -764,3 +764,31 @@ async fn engine_sessions_are_bounded_and_cleaned_up() {
         assert!(polls < 5, "a session that does not answer must end");
     }
 }
+
+/// The example of docs/socketio.md runs as documented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_example_runs() {
+    let server = TestServer::start().await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node");
+    let out = tokio::time::timeout(
+        common::WAIT,
+        tokio::process::Command::new("node")
+            .arg(dir.join("example.mjs"))
+            .arg(format!("http://{}", server.addr))
+            .arg(token("alice"))
+            .output(),
+    )
+    .await
+    .expect("the example ends by itself")
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("hello Alice"), "{text}");
+    assert!(text.contains(r#"joined {"ok":true}"#), "{text}");
+    assert!(text.contains("Alice: hi (offset 1)"), "{text}");
+    assert!(text.contains(r#"ack {"ok":true,"id":"#), "{text}");
+}
