@@ -135,6 +135,33 @@ async fn rooms_are_shared_with_native_websocket_and_sse() {
         }
     }
 
+    // The server API's broadcast and notifications too.
+    let api = |path: &str, body: serde_json::Value| {
+        reqwest::Client::new()
+            .post(server.http(path))
+            .header("X-API-Key", common::API_KEY)
+            .json(&body)
+            .send()
+    };
+    let resp = api(
+        "/admin/broadcast",
+        json!({"message": "maintenance", "type": "maintenance"}),
+    )
+    .await
+    .unwrap();
+    assert!(resp.status().is_success());
+    let m = sio.event("a", "system_message").await;
+    assert_eq!(m[0]["content"], "maintenance");
+    let resp = api(
+        "/notifications",
+        json!({"userId": "alice", "message": "ping"}),
+    )
+    .await
+    .unwrap();
+    assert!(resp.status().is_success());
+    let n = sio.event("a", "notification").await;
+    assert_eq!(n[0]["message"], "ping");
+
     // A socket that goes away leaves its rooms, as the original design tells them.
     sio.send(json!({"op": "disconnect", "id": "a"})).await;
     let left = native.next_of("user_left_room").await;
