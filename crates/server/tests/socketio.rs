@@ -819,3 +819,54 @@ async fn the_documented_example_runs() {
     assert!(text.contains("Alice: hi (offset 1)"), "{text}");
     assert!(text.contains(r#"ack {"ok":true,"id":"#), "{text}");
 }
+
+/// An upgrade that never completes is dropped after the upgrade timeout; the session
+/// goes on polling and may probe again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_that_never_completes_is_dropped() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut settings = switchboard::transport::socketio::Settings::conformance();
+    settings.ping_interval = std::time::Duration::from_secs(5);
+    settings.ping_timeout = std::time::Duration::from_secs(5);
+    settings.upgrade_timeout = std::time::Duration::from_millis(300);
+    let (router, _sweeps) = switchboard::transport::socketio::conformance_router_with(settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}/engine.io/?EIO=4&transport=polling");
+    let sid = handshake(&http, &base).await;
+    let probe = |sid: String| async move {
+        let url = format!("ws://{addr}/engine.io/?EIO=4&transport=websocket&sid={sid}");
+        let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws.send(Message::text("2probe")).await.unwrap();
+        let answer = ws.next().await.unwrap().unwrap();
+        assert_eq!(answer.to_text().unwrap(), "3probe");
+        ws
+    };
+    let mut ws = probe(sid.clone()).await;
+    // No upgrade packet: the server drops the probe.
+    let end = tokio::time::timeout(common::WAIT, async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the unfinished upgrade is closed");
+    // Still a polling session: it echoes, and it can probe again.
+    let url = format!("{base}&sid={sid}");
+    http.post(&url).body("4after").send().await.unwrap();
+    assert_eq!(
+        http.get(&url).send().await.unwrap().text().await.unwrap(),
+        "4after"
+    );
+    let mut ws = probe(sid).await;
+    ws.send(Message::text("5")).await.unwrap();
+    ws.send(Message::text("4upgraded")).await.unwrap();
+    let echo = ws.next().await.unwrap().unwrap();
+    assert_eq!(echo.to_text().unwrap(), "4upgraded");
+}

@@ -57,6 +57,9 @@ pub struct Settings {
     pub max_attachments: usize,
     /// Largest event payload handed to the hub.
     pub max_event_bytes: usize,
+    /// A WebSocket probe that has not completed its upgrade by then is dropped; the
+    /// session goes on polling.
+    pub upgrade_timeout: Duration,
     /// WebSocket buffer sizes.
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
@@ -72,6 +75,7 @@ impl Settings {
             recovery_window: Duration::from_secs(cfg.socketio.recovery_window_secs),
             max_attachments: 10,
             max_event_bytes: cfg.ws.max_message_bytes,
+            upgrade_timeout: Duration::from_secs(10),
             read_buffer_bytes: cfg.ws.read_buffer_bytes,
             write_buffer_bytes: cfg.ws.write_buffer_bytes,
         }
@@ -87,6 +91,7 @@ impl Settings {
             recovery_window: Duration::ZERO,
             max_attachments: 10,
             max_event_bytes: 1_000_000,
+            upgrade_timeout: Duration::from_secs(10),
             read_buffer_bytes: 4096,
             write_buffer_bytes: 4096,
         }
@@ -398,14 +403,17 @@ async fn handle(
 /// [`Application::SocketIoEcho`]) and a plain Engine.IO echo on `/engine.io/`, with
 /// CORS for any origin. Returns the router and the two heartbeat sweeps' handles.
 pub fn conformance_router() -> (axum::Router, [tokio::task::JoinHandle<()>; 2]) {
+    conformance_router_with(Settings::conformance())
+}
+
+/// [`conformance_router`] with other settings (tests use short timeouts).
+pub fn conformance_router_with(
+    settings: Settings,
+) -> (axum::Router, [tokio::task::JoinHandle<()>; 2]) {
     use axum::routing::any;
     let tracker = TaskTracker::new();
-    let socketio = Engine::new(
-        Settings::conformance(),
-        Application::SocketIoEcho,
-        tracker.clone(),
-    );
-    let engineio = Engine::new(Settings::conformance(), Application::EngineEcho, tracker);
+    let socketio = Engine::new(settings.clone(), Application::SocketIoEcho, tracker.clone());
+    let engineio = Engine::new(settings, Application::EngineEcho, tracker);
     let sweeps = [socketio.start_sweep(), engineio.start_sweep()];
     let route = |path: &str, engine: Engine| {
         axum::Router::new()

@@ -25,8 +25,6 @@ use crate::error::ApiError;
 
 type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
-/// How long a probing client has to finish its upgrade.
-const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Closes the connection when the task that carries it ends, however it ends.
@@ -166,7 +164,7 @@ async fn probe(engine: &Engine, conn: &Arc<Conn>, socket: &mut Socket) -> bool {
         }
     };
     let upgraded = matches!(
-        tokio::time::timeout(UPGRADE_TIMEOUT, exchange).await,
+        tokio::time::timeout(engine.settings().upgrade_timeout, exchange).await,
         Ok(true)
     );
     if !upgraded || engine.expired(conn) || conn.is_closed() {
