@@ -16,6 +16,8 @@
 
 mod apps;
 mod conn;
+mod echo;
+mod hub_app;
 mod polling;
 mod recovery;
 mod websocket;
