@@ -54,6 +54,9 @@ fi
 echo "== HTTP API fuzzing (schemathesis against /openapi.json)"
 scripts/fuzz-http.sh
 
+echo "== protocol decoder fuzzing (libFuzzer via cargo-fuzz, ${FUZZ_SECS:-60} s per target)"
+scripts/fuzz-decoders.sh
+
 # One closing line for the whole suite: the Rust tests plus the fuzzing run above.
 passed=$(grep -oE 'test result: ok\. [0-9]+ passed' "$log" | awk '{s += $4} END {print s + 0}')
 echo "summary: $passed passed, 0 failed"

@@ -207,6 +207,11 @@ impl Frame {
     /// Parses one text frame. `Err` only when the envelope itself is unusable, which
     /// the protocol answers with `Invalid message format` and no `ref`.
     pub fn parse(text: &str) -> Result<Frame, ErrorKind> {
+        // serde would take a JSON array for the envelope's fields too; a frame is an
+        // object.
+        if !text.trim_start().starts_with('{') {
+            return Err(ErrorKind::InvalidFormat);
+        }
         let env: Envelope<'_> = serde_json::from_str(text).map_err(|_| ErrorKind::InvalidFormat)?;
         let request = Request::from_parts(&env.kind, env.data);
         Ok(Frame {
@@ -242,8 +247,13 @@ fn payload<T: Default + for<'de> Deserialize<'de>>(
     data: Option<&RawValue>,
 ) -> Result<T, ErrorKind> {
     match data {
-        Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get()).map_err(payload_error),
-        _ => Ok(T::default()),
+        Some(raw) if raw.get() == "null" => Ok(T::default()),
+        // serde would read an array as the fields in order; a payload is an object.
+        Some(raw) if !raw.get().starts_with('{') => Err(ErrorKind::InvalidPayload(
+            "the payload must be an object".into(),
+        )),
+        Some(raw) => serde_json::from_str(raw.get()).map_err(payload_error),
+        None => Ok(T::default()),
     }
 }
 
@@ -459,6 +469,13 @@ mod tests {
             Frame::parse(r#"{"type":"ping","ref":{}}"#).unwrap_err(),
             ErrorKind::InvalidFormat
         );
+        // Arrays are not objects, though serde would read them as the fields in order.
+        assert_eq!(
+            Frame::parse(r#"["join_room",{"roomId":"g"},7]"#).unwrap_err(),
+            ErrorKind::InvalidFormat
+        );
+        let f = Frame::parse(r#"{"type":"join_room","data":["g",false,3]}"#).unwrap();
+        assert!(matches!(f.request, Err(ErrorKind::InvalidPayload(_))));
     }
 
     #[test]
