@@ -1,5 +1,7 @@
 //! `connect`: open N idle authenticated connections and hold them; the connect rate,
-//! the failures, and the server's resident memory per connection.
+//! the failures, and the server's resident memory per connection. Over Socket.IO
+//! (`--proto socketio`) a connection is open once its `connected` event arrives, and
+//! held connections answer the server's Engine.IO pings.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -7,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
@@ -16,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::report::{bytes, latency_line};
 use crate::stats::{Latency, LatencySummary, per_sec};
-use crate::target::{Target, Ws, close};
-use crate::{BenchError, process, progress, seconds};
+use crate::target::{Proto, Target, Ws, close};
+use crate::{BenchError, process, progress, seconds, sio};
 
 /// Idle connections read little: a small read buffer keeps the bench's own memory
 /// at ~15k connections well under a gigabyte.
@@ -43,6 +45,9 @@ pub struct ConnectOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnectReport {
+    /// Present for Socket.IO only (the native report is as it always was).
+    #[serde(skip_serializing_if = "Proto::is_native")]
+    pub proto: Proto,
     /// Connections asked for.
     pub connections: u64,
     pub opened: u64,
@@ -51,7 +56,8 @@ pub struct ConnectReport {
     pub connect_secs: f64,
     /// Opened connections per second of `connect_secs`.
     pub connects_per_sec: f64,
-    /// Per connection: TCP connect, upgrade and the `connected` frame.
+    /// Per connection: TCP connect, upgrade and the `connected` frame (Socket.IO: and
+    /// the open packet and CONNECT exchange before it).
     pub connect_latency: Option<LatencySummary>,
     pub hold_secs: f64,
     /// Connections that the server closed, or that broke, while held.
@@ -72,6 +78,7 @@ pub async fn run(
 ) -> Result<ConnectReport, BenchError> {
     let hold = seconds(opts.hold, "--hold")?;
     let total = opts.connections;
+    let proto = target.proto();
     let pid = opts.server_pid.or_else(|| local_server_pid(target.addr()));
     let rss_before = pid.and_then(process::rss_bytes);
 
@@ -108,7 +115,7 @@ pub async fn run(
                 Ok(mut ws) => {
                     let _ = report_tx.send(Ok(began.elapsed())).await;
                     drop(report_tx);
-                    if hold_idle(&mut ws, &stop).await {
+                    if hold_idle(&mut ws, proto, &stop).await {
                         dropped.fetch_add(1, Relaxed);
                     }
                 }
@@ -160,6 +167,7 @@ pub async fn run(
         _ => None,
     };
     Ok(ConnectReport {
+        proto,
         connections: total as u64,
         opened,
         failed,
@@ -176,9 +184,9 @@ pub async fn run(
     })
 }
 
-/// Reads (so the server's pings are answered) until stopped; `true` if the
-/// connection ended first.
-async fn hold_idle(ws: &mut Ws, stop: &CancellationToken) -> bool {
+/// Reads (so the server's pings are answered: WebSocket pings by tungstenite,
+/// Engine.IO pings here) until stopped; `true` if the connection ended first.
+async fn hold_idle(ws: &mut Ws, proto: Proto, stop: &CancellationToken) -> bool {
     loop {
         tokio::select! {
             biased;
@@ -188,6 +196,11 @@ async fn hold_idle(ws: &mut Ws, stop: &CancellationToken) -> bool {
             }
             msg = ws.next() => match msg {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return true,
+                Some(Ok(Message::Text(text))) if proto == Proto::SocketIo && sio::is_ping(&text) => {
+                    if ws.send(Message::text(sio::pong(&text))).await.is_err() {
+                        return true;
+                    }
+                }
                 Some(Ok(_)) => {}
             }
         }
@@ -204,7 +217,15 @@ pub(crate) fn local_server_pid(addr: SocketAddr) -> Option<u32> {
 
 impl fmt::Display for ConnectReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "connect: {} connections", self.connections)?;
+        match self.proto {
+            Proto::Native => writeln!(f, "connect: {} connections", self.connections)?,
+            other => writeln!(
+                f,
+                "connect: {} connections over {}",
+                self.connections,
+                other.name()
+            )?,
+        }
         writeln!(
             f,
             "  {:<12} {} in {:.2} s: {:.0} connections/s, {} failed",

@@ -88,6 +88,7 @@ pub async fn run(
     opts: &DurableOptions,
     show_progress: bool,
 ) -> Result<DurableReport, BenchError> {
+    target.native_only("durable")?;
     let duration = positive(opts.duration, "--duration")?;
     let grace = seconds(opts.grace, "--grace")?;
     if opts.publishers == 0 || opts.window == 0 {
@@ -244,7 +245,16 @@ async fn publish(
             last_ref = sent_us;
             template.frame(seq, sent_us, Some(sent_us))
         };
-        if let Err(e) = pace::windowed(&mut tx, frame, &window, deadline, &live.sent).await {
+        if let Err(e) = pace::windowed(
+            &mut tx,
+            frame,
+            &window,
+            deadline,
+            &live.sent,
+            &pace::Pongs::default(),
+        )
+        .await
+        {
             note_error(&live, e.to_string());
         }
         live.publishing.fetch_sub(1, Relaxed);

@@ -62,6 +62,7 @@ pub async fn run(
     opts: &EchoOptions,
     show_progress: bool,
 ) -> Result<EchoReport, BenchError> {
+    target.native_only("echo")?;
     let duration = positive(opts.duration, "--duration")?;
     let bar = progress::counter(show_progress, opts.connections as u64, "connect");
     let connections = open_all(

@@ -1,4 +1,5 @@
-//! Load generator for the Switchboard native WebSocket protocol, as a library.
+//! Load generator for the Switchboard native WebSocket protocol (and, for `connect`
+//! and `fanout`, Socket.IO: see [`sio`]), as a library.
 //!
 //! One module per scenario (`connect`, `fanout`, `echo`, `durable`, `rooms`), each a `run`
 //! function that takes a [`Target`] and its options and returns a report; the
@@ -19,6 +20,7 @@ pub mod report;
 pub mod rlimit;
 pub mod rooms;
 pub mod scan;
+pub mod sio;
 pub mod stats;
 pub mod target;
 pub mod wire;
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 pub use error::BenchError;
 pub use report::Report;
-pub use target::{Target, TargetArgs};
+pub use target::{Proto, ProtoArg, Target, TargetArgs};
 
 /// A flag's seconds, 0 allowed.
 fn seconds(value: f64, flag: &str) -> Result<Duration, BenchError> {

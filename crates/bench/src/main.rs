@@ -7,10 +7,11 @@ use switchboard_bench::echo::EchoOptions;
 use switchboard_bench::fanout::FanoutOptions;
 use switchboard_bench::rooms::RoomsOptions;
 use switchboard_bench::{
-    Report, Target, TargetArgs, connect, durable, echo, fanout, rlimit, rooms,
+    ProtoArg, Report, Target, TargetArgs, connect, durable, echo, fanout, rlimit, rooms,
 };
 
-/// Load generator for a server speaking the Switchboard native WebSocket protocol.
+/// Load generator for a server speaking the Switchboard native WebSocket protocol
+/// (connect and fanout: or Socket.IO, with --proto socketio).
 ///
 /// Tokens are minted from --jwt-secret (default "dev-secret"; or
 /// SWITCHBOARD_JWT_SECRET), one user per connection. Progress goes to stderr, the
@@ -30,6 +31,8 @@ enum Scenario {
         #[command(flatten)]
         opts: ConnectOptions,
         #[command(flatten)]
+        proto: ProtoArg,
+        #[command(flatten)]
         target: TargetArgs,
         #[command(flatten)]
         output: Output,
@@ -40,6 +43,8 @@ enum Scenario {
     Fanout {
         #[command(flatten)]
         opts: FanoutOptions,
+        #[command(flatten)]
+        proto: ProtoArg,
         #[command(flatten)]
         target: TargetArgs,
         #[command(flatten)]
@@ -97,19 +102,21 @@ async fn main() -> anyhow::Result<()> {
     let (report, output) = match cli.scenario {
         Scenario::Connect {
             opts,
+            proto,
             target,
             output,
         } => {
-            let target = Target::resolve(&target).await?;
+            let target = Target::resolve(&target.with_proto(proto.proto)).await?;
             let r = connect::run(&target, &opts, !output.json && !output.quiet).await?;
             (Report::Connect(r), output)
         }
         Scenario::Fanout {
             opts,
+            proto,
             target,
             output,
         } => {
-            let target = Target::resolve(&target).await?;
+            let target = Target::resolve(&target.with_proto(proto.proto)).await?;
             let r = fanout::run(&target, &opts, !output.json && !output.quiet).await?;
             (Report::Fanout(r), output)
         }

@@ -93,6 +93,7 @@ pub async fn run(
     opts: &RoomsOptions,
     show_progress: bool,
 ) -> Result<RoomsReport, BenchError> {
+    target.native_only("rooms")?;
     let settle = positive(opts.settle, "--settle")?;
     if opts.size == 0 {
         return Err(BenchError::Options("--size must be at least 1".into()));

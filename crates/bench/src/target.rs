@@ -1,4 +1,5 @@
-//! Reaching the server: the URL, tokens, source addresses, the handshake, joining.
+//! Reaching the server: the URL, tokens, source addresses, the handshake, joining,
+//! in the native protocol or (with [`Proto::SocketIo`]) over Socket.IO.
 
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -15,10 +16,52 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::http::Uri;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 
-use crate::{BenchError, scan, wire};
+use crate::{BenchError, scan, sio, wire};
 
-/// A bench connection: plain TCP, the server's native protocol.
+/// A bench connection: plain TCP, a WebSocket carrying the native protocol or
+/// Engine.IO.
 pub type Ws = WebSocketStream<TcpStream>;
+
+/// The default URL of each protocol's endpoint.
+const NATIVE_URL: &str = "ws://127.0.0.1:8080/ws";
+const SOCKETIO_URL: &str = "ws://127.0.0.1:8080/socket.io/";
+
+/// What the bench speaks to the server.
+#[derive(clap::ValueEnum, Serialize, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// The native protocol (`/ws`): JSON frames `{"type":..,"data":..}`.
+    #[default]
+    Native,
+    /// Socket.IO v5 over Engine.IO v4: the token in the CONNECT packet, the server's
+    /// pings answered, every send with an ack id.
+    #[value(name = "socketio")]
+    #[serde(rename = "socketio")]
+    SocketIo,
+}
+
+impl Proto {
+    pub fn is_native(&self) -> bool {
+        *self == Proto::Native
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Native => "native",
+            Proto::SocketIo => "socketio",
+        }
+    }
+}
+
+/// `--proto`, for the scenarios that speak Socket.IO too.
+#[derive(clap::Args, Debug, Clone, Copy, Default)]
+pub struct ProtoArg {
+    /// Protocol to speak. socketio: WebSocket transport only, to a Socket.IO endpoint
+    /// such as Switchboard's /socket.io/ or the Node socket.io server of
+    /// crates/bench/node/; `EIO=4&transport=websocket` is appended to the URL.
+    #[arg(long, value_enum, default_value_t = Proto::Native)]
+    pub proto: Proto,
+}
 
 /// How long a `join_room` may take to be answered.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -33,10 +76,12 @@ const SPREAD_COUNT: usize = 249;
 /// Where to connect and how; shared by every scenario.
 #[derive(clap::Args, Debug, Clone)]
 pub struct TargetArgs {
-    /// WebSocket URL of the server's native endpoint (ws:// only). `token=<JWT>` is
-    /// appended to its query.
-    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
-    pub url: String,
+    /// WebSocket URL of the server's endpoint (ws:// only). Native: `token=<JWT>` is
+    /// appended to its query; default ws://127.0.0.1:8080/ws. With --proto socketio:
+    /// `EIO=4&transport=websocket` is appended (unless the query has `EIO=`); default
+    /// ws://127.0.0.1:8080/socket.io/.
+    #[arg(long)]
+    pub url: Option<String>,
     /// HS256 secret that signs the bench's tokens (claims sub, username, iat, exp;
     /// one user per connection); must be the server's. The default, `dev-secret`,
     /// fits a server started with SWITCHBOARD_JWT_SECRET=dev-secret; for any other
@@ -60,26 +105,37 @@ pub struct TargetArgs {
     /// address's ~28k ephemeral ports are available.
     #[arg(long)]
     pub no_spread: bool,
+    /// The protocol: set from `--proto` by the scenarios that have it, native for the
+    /// others.
+    #[arg(skip)]
+    pub proto: Proto,
 }
 
 impl TargetArgs {
     /// The flags' defaults with another URL and secret.
     pub fn new(url: impl Into<String>, jwt_secret: impl Into<String>) -> TargetArgs {
         TargetArgs {
-            url: url.into(),
+            url: Some(url.into()),
             jwt_secret: jwt_secret.into(),
             connect_concurrency: 64,
             connect_timeout: 10.0,
             no_spread: false,
+            proto: Proto::Native,
         }
+    }
+
+    /// The same, speaking `proto`.
+    pub fn with_proto(self, proto: Proto) -> TargetArgs {
+        TargetArgs { proto, ..self }
     }
 }
 
 /// A resolved server address and the key that signs tokens for it.
 #[derive(Clone)]
 pub struct Target {
-    /// The URL up to the token's value.
+    /// Native: the URL up to the token's value. Socket.IO: the whole URL.
     base: String,
+    proto: Proto,
     addr: SocketAddr,
     key: EncodingKey,
     spread: bool,
@@ -97,11 +153,15 @@ struct Claims<'a> {
 
 impl Target {
     pub async fn resolve(args: &TargetArgs) -> Result<Target, BenchError> {
+        let url = args.url.as_deref().unwrap_or(match args.proto {
+            Proto::Native => NATIVE_URL,
+            Proto::SocketIo => SOCKETIO_URL,
+        });
         let bad = |reason: &str| BenchError::Url {
-            url: args.url.clone(),
+            url: url.to_string(),
             reason: reason.to_string(),
         };
-        let uri: Uri = args.url.parse().map_err(|_| bad("not a URL"))?;
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
         match uri.scheme_str() {
             Some("ws") => {}
             Some("wss") => return Err(bad("wss is not supported: run the bench over plain ws")),
@@ -117,9 +177,15 @@ impl Target {
         let timeout = Duration::try_from_secs_f64(args.connect_timeout).map_err(|_| {
             BenchError::Options("--connect-timeout must be a positive number".into())
         })?;
-        let sep = if args.url.contains('?') { '&' } else { '?' };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let base = match args.proto {
+            Proto::Native => format!("{url}{sep}token="),
+            Proto::SocketIo if uri.query().is_some_and(|q| q.contains("EIO=")) => url.into(),
+            Proto::SocketIo => format!("{url}{sep}{}", sio::QUERY),
+        };
         Ok(Target {
-            base: format!("{}{sep}token=", args.url),
+            base,
+            proto: args.proto,
             addr,
             key: EncodingKey::from_secret(args.jwt_secret.as_bytes()),
             spread: !args.no_spread,
@@ -130,6 +196,21 @@ impl Target {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn proto(&self) -> Proto {
+        self.proto
+    }
+
+    /// Refuses a protocol that `scenario` does not speak.
+    pub fn native_only(&self, scenario: &str) -> Result<(), BenchError> {
+        match self.proto {
+            Proto::Native => Ok(()),
+            other => Err(BenchError::Options(format!(
+                "{scenario} speaks the native protocol only, not {}",
+                other.name()
+            ))),
+        }
     }
 
     /// An HS256 token for user `user` (its username too).
@@ -162,7 +243,8 @@ impl Target {
         }
     }
 
-    /// Opens connection `index` as `user` and reads its `connected` frame.
+    /// Opens connection `index` as `user` and reads its `connected` frame (Socket.IO:
+    /// the open packet, the CONNECT and its answer, then `connected`).
     /// `read_buffer` is tungstenite's eagerly allocated read buffer: small for idle
     /// connections (its default, 128 KiB, would be 2 GB at 15k connections).
     pub async fn connect(
@@ -199,14 +281,31 @@ impl Target {
         // Latency is the measurement: no Nagle delay on small frames.
         stream.set_nodelay(true)?;
         let config = WebSocketConfig::default().read_buffer_size(read_buffer);
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(
-            format!("{}{token}", self.base),
-            stream,
-            Some(config),
-        )
-        .await?;
-        wait_for(&mut ws, "connected").await?;
+        let url = match self.proto {
+            Proto::Native => format!("{}{token}", self.base),
+            Proto::SocketIo => self.base.clone(),
+        };
+        let (mut ws, _) =
+            tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
+        match self.proto {
+            Proto::Native => wait_for(&mut ws, "connected").await?,
+            Proto::SocketIo => sio::open(&mut ws, &token).await?,
+        }
         Ok(ws)
+    }
+
+    /// Joins `room` in this target's protocol (keeping other rooms) and waits for
+    /// `room_joined`.
+    pub async fn join(&self, ws: &mut Ws, room: &str) -> Result<(), BenchError> {
+        match self.proto {
+            Proto::Native => join(ws, room).await,
+            Proto::SocketIo => {
+                ws.send(Message::text(sio::join_room(room))).await?;
+                tokio::time::timeout(JOIN_TIMEOUT, sio::wait_for(ws, "room_joined"))
+                    .await
+                    .map_err(|_| BenchError::Timeout("room_joined"))?
+            }
+        }
     }
 }
 
@@ -351,6 +450,39 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(t.base, "ws://127.0.0.1:9/ws?x=1&token=");
+
+        let sio = |url: &str| TargetArgs::new(url, "s").with_proto(Proto::SocketIo);
+        let t = Target::resolve(&sio("ws://127.0.0.1:9/socket.io/"))
+            .await
+            .unwrap();
+        assert_eq!(
+            t.base,
+            "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"
+        );
+        assert_eq!(t.proto(), Proto::SocketIo);
+        let t = Target::resolve(&sio(
+            "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket",
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            t.base,
+            "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"
+        );
+        let defaults = |proto| TargetArgs {
+            url: None,
+            proto,
+            ..TargetArgs::new("", "s")
+        };
+        let t = Target::resolve(&defaults(Proto::SocketIo)).await.unwrap();
+        assert_eq!(
+            t.base,
+            "ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket"
+        );
+        assert!(t.native_only("echo").is_err());
+        let t = Target::resolve(&defaults(Proto::Native)).await.unwrap();
+        assert_eq!(t.base, "ws://127.0.0.1:8080/ws?token=");
+        assert!(t.native_only("echo").is_ok());
 
         let mut args = TargetArgs::new("ws://127.0.0.1:9/ws", "s");
         args.no_spread = true;

@@ -1,6 +1,6 @@
 //! Smoke tests: each scenario, small and short, against a real server started in
 //! this process. They check the accounting (nothing lost, figures present), never
-//! timings.
+//! timings. `connect` and `fanout` run over Socket.IO (`--proto socketio`) too.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -10,7 +10,7 @@ use switchboard_bench::connect::{self, ConnectOptions};
 use switchboard_bench::durable::{self, DurableOptions};
 use switchboard_bench::echo::{self, EchoOptions};
 use switchboard_bench::fanout::{self, FanoutOptions};
-use switchboard_bench::{BenchError, Report, Target, TargetArgs};
+use switchboard_bench::{BenchError, Proto, Report, Target, TargetArgs};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
@@ -35,6 +39,7 @@ impl TestServer {
         };
         cfg.auth.jwt_secret = Some(SECRET.into());
         cfg.rate_limit.per_sec = 0;
+        configure(&mut cfg);
         let server = Server::builder().config(cfg).bind().await.unwrap();
         let addr = server.local_addr();
         let (tx, rx) = oneshot::channel::<()>();
@@ -57,6 +62,15 @@ impl TestServer {
         Target::resolve(&TargetArgs::new(self.url(), SECRET))
             .await
             .unwrap()
+    }
+
+    fn socketio_url(&self) -> String {
+        format!("ws://{}/socket.io/", self.addr)
+    }
+
+    async fn socketio_target(&self) -> Target {
+        let args = TargetArgs::new(self.socketio_url(), SECRET).with_proto(Proto::SocketIo);
+        Target::resolve(&args).await.unwrap()
     }
 
     async fn stop(mut self) {
@@ -147,6 +161,11 @@ async fn fanout_at_a_rate_delivers_everything() {
     assert_eq!(json["scenario"], "fanout");
     assert_eq!(json["lost"], 0);
     assert!(json["latency"]["p99_us"].is_u64());
+    // The native report is as it was before Socket.IO: no protocol, no acks.
+    assert!(
+        json.get("proto").is_none() && json.get("acks").is_none(),
+        "{json}"
+    );
     server.stop().await;
 }
 
@@ -259,7 +278,10 @@ async fn the_binary_prints_one_json_line() {
 #[test]
 fn every_scenario_documents_its_flags() {
     let flags: &[(&str, &[&str])] = &[
-        ("connect", &["--connections", "--hold", "--server-pid"]),
+        (
+            "connect",
+            &["--connections", "--hold", "--server-pid", "--proto"],
+        ),
         (
             "fanout",
             &[
@@ -272,6 +294,7 @@ fn every_scenario_documents_its_flags() {
                 "--window",
                 "--grace",
                 "--room",
+                "--proto",
             ],
         ),
         ("echo", &["--connections", "--duration"]),
@@ -337,5 +360,148 @@ async fn rooms_count_what_each_join_costs() {
     assert!(r.big.largest_frame_bytes > 0 && r.big.bytes_per_join > 0.0);
     let json = Report::Rooms(r).to_json();
     assert!(json.contains("\"scenario\":\"rooms\""), "{json}");
+    server.stop().await;
+}
+
+/// A server whose Socket.IO heartbeat is fast: a bench connection that did not answer
+/// the Engine.IO pings would be closed within a second (a ping every 100 ms, 700 ms
+/// for its pong: room for a loaded CI machine).
+async fn socketio_server() -> TestServer {
+    TestServer::start_with(|cfg| {
+        cfg.socketio.ping_interval_ms = 100;
+        cfg.socketio.ping_timeout_ms = 700;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_connect_opens_holds_and_answers_pings() {
+    let server = socketio_server().await;
+    let opts = ConnectOptions {
+        connections: 20,
+        hold: 1.5,
+        server_pid: None,
+    };
+    let r = connect::run(&server.socketio_target().await, &opts, false)
+        .await
+        .unwrap();
+    assert_eq!((r.opened, r.failed, r.dropped), (20, 0, 0), "{r}");
+    assert_eq!(r.proto, Proto::SocketIo);
+    assert_eq!(r.connect_latency.unwrap().count, 20);
+    assert_eq!(r.server_pid, Some(std::process::id()));
+    assert!(r.rss_per_connection_bytes.is_some());
+    assert!(
+        r.to_string()
+            .starts_with("connect: 20 connections over socketio")
+    );
+    let json: serde_json::Value = serde_json::from_str(&Report::Connect(r).to_json()).unwrap();
+    assert_eq!(json["proto"], "socketio");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_connect_counts_refused_tokens_as_failures() {
+    let server = TestServer::start().await;
+    let args = TargetArgs::new(server.socketio_url(), "wrong-secret").with_proto(Proto::SocketIo);
+    let opts = ConnectOptions {
+        connections: 3,
+        hold: 0.0,
+        server_pid: None,
+    };
+    let r = connect::run(&Target::resolve(&args).await.unwrap(), &opts, false)
+        .await
+        .unwrap();
+    assert_eq!((r.opened, r.failed), (0, 3));
+    let error = r.first_error.unwrap();
+    assert!(error.contains("Authentication failed"), "{error}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_fanout_delivers_and_acks_everything() {
+    let server = socketio_server().await;
+    let target = server.socketio_target().await;
+    // At a rate (a second and a half: the server pings every 100 ms), then the peak.
+    let opts = FanoutOptions {
+        duration: 1.5,
+        ..fanout_options()
+    };
+    let r = fanout::run(&target, &opts, false).await.unwrap();
+    assert!(r.sent > 0, "{r}");
+    assert_eq!(r.loss.expected, r.sent * 20);
+    assert_eq!(r.loss.delivered, r.loss.expected, "{r}");
+    assert_eq!(
+        (r.loss.lost, r.duplicates, r.dropped, r.errors),
+        (0, 0, 0, 0),
+        "{r}"
+    );
+    assert_eq!(r.publisher_echoes, r.sent, "{r}");
+    assert_eq!(r.acks, Some(r.sent), "every send is acked");
+    assert_eq!(r.latency.unwrap().count, r.loss.delivered);
+    let json: serde_json::Value = serde_json::from_str(&Report::Fanout(r).to_json()).unwrap();
+    assert_eq!(
+        (&json["proto"], &json["lost"]),
+        (&"socketio".into(), &0.into())
+    );
+
+    let opts = FanoutOptions {
+        subscribers: 10,
+        publishers: 1,
+        max: true,
+        window: 4,
+        ..fanout_options()
+    };
+    let r = fanout::run(&target, &opts, false).await.unwrap();
+    assert!(r.sent > 0, "{r}");
+    assert_eq!(
+        (r.loss.lost, r.duplicates, r.dropped, r.errors),
+        (0, 0, 0, 0),
+        "{r}"
+    );
+    assert_eq!(r.loss.delivered, r.sent * 10);
+    assert_eq!(r.acks, Some(r.sent));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socketio_is_for_connect_and_fanout_only() {
+    let server = TestServer::start().await;
+    let err = echo::run(
+        &server.socketio_target().await,
+        &EchoOptions {
+            connections: 1,
+            duration: 1.0,
+        },
+        false,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, BenchError::Options(_)), "{err}");
+    server.stop().await;
+}
+
+/// `--proto socketio` through the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_speaks_socketio() {
+    let server = TestServer::start().await;
+    let url = server.socketio_url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_switchboard-bench"))
+            .args(["fanout", "--proto", "socketio", "-n", "3", "--rate", "50"])
+            .args(["-d", "0.5", "--json", "--url", &url, "--jwt-secret", SECRET])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["proto"], "socketio");
+    assert!(json["sent"].as_u64().unwrap() > 0);
+    assert_eq!(json["lost"], 0);
     server.stop().await;
 }

@@ -6,6 +6,10 @@
 //! receive every message, but their copies are not deliveries: a publisher's copy of
 //! its own message (its echo) is counted apart and is the completion signal of
 //! `--max`.
+//!
+//! With `--proto socketio` the same run speaks Socket.IO: events `42["send_message",..]`
+//! with an ack id, `42["new_message",..]` deliveries (the stamp is found the same way),
+//! acks counted apart and refused ones counted as errors.
 
 mod members;
 
@@ -20,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::report::latency_line;
 use crate::stats::{LatencySummary, Loss, Tally, now_us, per_sec};
-use crate::target::{Target, join, open_all};
+use crate::target::{Proto, Target, open_all};
 use crate::wire::MessageTemplate;
 use crate::{BenchError, positive, progress, seconds};
 use members::{Live, Pace, publish, subscribe};
@@ -68,6 +72,9 @@ pub struct FanoutOptions {
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
+    /// Present for Socket.IO only (the native report is as it always was).
+    #[serde(skip_serializing_if = "Proto::is_native")]
+    pub proto: Proto,
     pub subscribers: u64,
     pub publishers: u64,
     /// Messages/s asked for; null with --max.
@@ -89,7 +96,11 @@ pub struct FanoutReport {
     pub latency: Option<LatencySummary>,
     /// Publishers' copies of their own messages (not deliveries).
     pub publisher_echoes: u64,
-    /// `error` frames the publishers got (e.g. rate limited).
+    /// Socket.IO: acks the publishers got (refusals included); absent for native.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acks: Option<u64>,
+    /// `error` frames the publishers got (e.g. rate limited); Socket.IO: refused acks
+    /// and `error` events.
     pub errors: u64,
     /// Connections that closed before the end.
     pub dropped: u64,
@@ -124,6 +135,7 @@ pub async fn run(
     let _stop_on_return = stop.clone().drop_guard();
     let live = Arc::new(Live::default());
     let publishers = opts.publishers;
+    let proto = target.proto();
 
     // Each subscriber starts reading as soon as it has joined: while the others join,
     // it hears of each of them, and an unread outbox would overflow.
@@ -139,8 +151,8 @@ pub async fn run(
                 let mut ws = target
                     .connect(i, &format!("bench-sub-{i}"), MEMBER_READ_BUFFER)
                     .await?;
-                join(&mut ws, room).await?;
-                Ok(tokio::spawn(subscribe(ws, publishers, live, stop)))
+                target.join(&mut ws, room).await?;
+                Ok(tokio::spawn(subscribe(ws, proto, publishers, live, stop)))
             }
         },
     )
@@ -155,7 +167,7 @@ pub async fn run(
             let mut ws = target
                 .connect(offset + i, &format!("bench-pub-{i}"), MEMBER_READ_BUFFER)
                 .await?;
-            join(&mut ws, room).await?;
+            target.join(&mut ws, room).await?;
             Ok(ws)
         }
     })
@@ -176,9 +188,10 @@ pub async fn run(
             let first = started + Duration::from_secs_f64(i as f64 / opts.rate);
             Pace::Rate { per_sec, first }
         };
-        let template = MessageTemplate::new(&room, opts.size, i as u32);
+        let template = MessageTemplate::for_proto(proto, &room, opts.size, i as u32);
         publishing.push(tokio::spawn(publish(
             ws,
+            proto,
             i as u32,
             template,
             pace,
@@ -211,8 +224,9 @@ pub async fn run(
     loop {
         let delivered = live.delivered.load(Relaxed);
         bar.set_position(delivered);
-        // Publishers' echoes too, so that their count is complete.
-        let arrived = delivered >= expected && live.echoes.load(Relaxed) >= sent;
+        // Publishers' echoes (and Socket.IO acks) too, so that their count is complete.
+        let acked = proto == Proto::Native || live.acks.load(Relaxed) >= sent;
+        let arrived = delivered >= expected && live.echoes.load(Relaxed) >= sent && acked;
         if arrived || Instant::now() >= grace_end {
             break;
         }
@@ -229,10 +243,11 @@ pub async fn run(
             dropped += u64::from(s.dropped);
         }
     }
-    let (mut echoes, mut errors) = (0, 0);
+    let (mut echoes, mut acks, mut errors) = (0, 0, 0);
     for p in publishing {
         if let Ok(p) = p.await {
             echoes += p.echoes;
+            acks += p.acks;
             errors += p.errors;
             dropped += u64::from(p.dropped);
         }
@@ -240,6 +255,7 @@ pub async fn run(
     let delivery_span = Duration::from_micros(tally.last_us.saturating_sub(start_us));
     let first_error = live.first_error.lock().expect("not poisoned").take();
     Ok(FanoutReport {
+        proto,
         subscribers: opts.subscribers as u64,
         publishers: publishers as u64,
         target_rate: (!opts.max).then_some(opts.rate),
@@ -253,6 +269,7 @@ pub async fn run(
         deliveries_per_sec: per_sec(tally.delivered, delivery_span),
         latency: tally.latency.summary(),
         publisher_echoes: echoes,
+        acks: (proto == Proto::SocketIo).then_some(acks),
         errors,
         dropped,
         first_error,
@@ -266,9 +283,13 @@ impl fmt::Display for FanoutReport {
             (None, Some(w)) => format!("max, window {w}/publisher"),
             (None, None) => "max".into(),
         };
+        let over = match self.proto {
+            Proto::Native => String::new(),
+            other => format!(", over {}", other.name()),
+        };
         writeln!(
             f,
-            "fanout: {} subscribers, {} publishers, {pace}, {:.1} s, {} B padding",
+            "fanout: {} subscribers, {} publishers, {pace}, {:.1} s, {} B padding{over}",
             self.subscribers, self.publishers, self.send_secs, self.padding_bytes
         )?;
         writeln!(
@@ -292,9 +313,13 @@ impl fmt::Display for FanoutReport {
             "throughput", self.deliveries_per_sec
         )?;
         latency_line(f, "latency", self.latency.as_ref())?;
+        let acks = match self.acks {
+            Some(n) => format!(", {n} acks"),
+            None => String::new(),
+        };
         writeln!(
             f,
-            "  {:<12} {} own echoes, {} errors, {} connections dropped",
+            "  {:<12} {} own echoes{acks}, {} errors, {} connections dropped",
             "publishers", self.publisher_echoes, self.errors, self.dropped
         )?;
         if let Some(e) = &self.first_error {
