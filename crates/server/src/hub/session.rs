@@ -108,8 +108,10 @@ struct Outbox {
     /// below it was already sent (it was committed, read and replayed before it was
     /// published). Cleared by the first later offset; empty almost always.
     floors: Vec<(Arc<str>, u64)>,
-    /// Socket.IO connection state recovery: what was queued (see [`Trail`]).
+    /// Socket.IO connection state recovery: what was queued (see [`Trail`]), made on
+    /// first use once `keeps_trail` is set.
     trail: Option<Box<Trail>>,
+    keeps_trail: bool,
 }
 
 /// Durable events queued to a Socket.IO session, in queue order, so that the position
@@ -323,8 +325,8 @@ impl Session {
             }
             q.floors.swap_remove(i);
         }
-        if let (Some(p), Some(trail)) = (position, q.trail.as_mut()) {
-            trail.record(room, p.offset);
+        if let (Some(p), true) = (position, q.keeps_trail) {
+            q.trail.get_or_insert_default().record(room, p.offset);
         }
         let frame = match (self.format, position) {
             (Format::Sse, Some(p)) => Outgoing::Positioned {
@@ -340,16 +342,14 @@ impl Session {
 
     /// Starts recording a trail for connection state recovery (Socket.IO).
     pub fn keep_trail(&self) {
-        let mut q = self.outbox.lock();
-        if q.trail.is_none() {
-            q.trail = Some(Box::default());
-        }
+        self.outbox.lock().keeps_trail = true;
     }
 
     /// Marks where `room`'s deliveries begin (a join): after `offset`.
     pub(super) fn trail_base(&self, room: &Arc<str>, offset: u64) {
-        if let Some(trail) = self.outbox.lock().trail.as_mut() {
-            trail.restart(room, offset);
+        let mut q = self.outbox.lock();
+        if q.keeps_trail {
+            q.trail.get_or_insert_default().restart(room, offset);
         }
     }
 

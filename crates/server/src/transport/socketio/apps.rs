@@ -89,11 +89,11 @@ impl Application {
                 let packet =
                     socketio::Packet::decode(text, max).map_err(|_| CloseReason::ProtocolError)?;
                 if packet.kind.is_binary() && packet.attachments > 0 {
-                    conn.state().partial = Some(Partial {
+                    conn.state().partial = Some(Box::new(Partial {
                         text: text.to_string(),
                         needed: packet.attachments,
                         parts: Vec::new(),
-                    });
+                    }));
                     return Ok(None);
                 }
                 self.socketio(engine, conn, packet, Vec::new())
@@ -120,7 +120,7 @@ impl Application {
             if partial.parts.len() < partial.needed {
                 return Ok(None);
             }
-            st.partial.take().expect("present")
+            *st.partial.take().expect("present")
         };
         let max = engine.settings().max_attachments;
         let packet = socketio::Packet::decode(&complete.text, max)

@@ -60,7 +60,7 @@ pub enum Out {
 
 /// A connected namespace.
 pub struct Socket {
-    pub namespace: Box<str>,
+    pub namespace: &'static str,
     pub sid: Arc<str>,
     /// Its private session id, when its state can be recovered.
     pub pid: Option<Arc<str>>,
@@ -101,7 +101,7 @@ pub(super) struct State {
     /// A POST is in progress.
     pub posting: bool,
     pub sockets: SmallVec<[Socket; 1]>,
-    pub partial: Option<Partial>,
+    pub partial: Option<Box<Partial>>,
 }
 
 pub struct Conn {
@@ -225,7 +225,7 @@ impl Conn {
         let st = self.state.lock();
         st.sockets
             .iter()
-            .find(|s| &*s.namespace == namespace)
+            .find(|s| s.namespace == namespace)
             .and_then(|s| s.session().cloned())
     }
 
@@ -234,7 +234,7 @@ impl Conn {
             .lock()
             .sockets
             .iter()
-            .any(|s| &*s.namespace == namespace)
+            .any(|s| s.namespace == namespace)
     }
 
     /// Adds a connected socket; gives it back if the connection closed meanwhile.
@@ -252,7 +252,7 @@ impl Conn {
     /// Removes the socket of `namespace` (dropped by the caller).
     pub fn remove_socket(&self, namespace: &str) -> Option<Socket> {
         let mut st = self.state.lock();
-        let i = st.sockets.iter().position(|s| &*s.namespace == namespace)?;
+        let i = st.sockets.iter().position(|s| s.namespace == namespace)?;
         Some(st.sockets.remove(i))
     }
 
@@ -270,7 +270,13 @@ impl Conn {
     /// DISCONNECT when the close is final).
     pub fn take(&self, batch: &mut Vec<Out>) -> Option<CloseReason> {
         let mut st = self.state.lock();
-        batch.append(&mut st.out);
+        // An idle connection keeps no queue: the vector goes with its packets.
+        if batch.is_empty() {
+            std::mem::swap(batch, &mut st.out);
+        } else {
+            batch.append(&mut st.out);
+            st.out = Vec::new();
+        }
         st.out_bytes = 0;
         if let Some(reason) = st.closed {
             return Some(reason);
@@ -290,7 +296,7 @@ impl Conn {
                         let packet = switchboard_protocol::socketio::message(
                             switchboard_protocol::socketio::Kind::Disconnect,
                             0,
-                            &s.namespace,
+                            s.namespace,
                             None,
                             None,
                         );

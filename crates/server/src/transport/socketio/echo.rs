@@ -17,16 +17,20 @@ pub(super) fn echo(conn: &Arc<Conn>, packet: socketio::Packet<'_>, attachments: 
     let ns = packet.namespace;
     match packet.kind {
         Kind::Connect => {
-            if ns != "/" && ns != "/custom" {
-                conn.push_text(connect_error(ns, "Invalid namespace"));
-                return;
-            }
+            let ns: &'static str = match ns {
+                "/" => "/",
+                "/custom" => "/custom",
+                _ => {
+                    conn.push_text(connect_error(ns, "Invalid namespace"));
+                    return;
+                }
+            };
             if conn.has_namespace(ns) {
                 return;
             }
             let sid: Arc<str> = random_id().into();
             let socket = Socket {
-                namespace: ns.into(),
+                namespace: ns,
                 sid: sid.clone(),
                 pid: None,
                 registration: None,

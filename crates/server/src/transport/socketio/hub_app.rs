@@ -340,7 +340,7 @@ async fn connect(hub: Hub, conn: Arc<Conn>, auth: Auth, recovery: Option<Arc<Sta
         }
     }
     let socket = Socket {
-        namespace: ROOT.into(),
+        namespace: ROOT,
         sid: session.client_id.clone(),
         pid,
         registration: Some(registration),
@@ -388,7 +388,7 @@ async fn connect_webrtc(hub: Hub, conn: Arc<Conn>, auth: Auth) {
         }
     };
     let socket = Socket {
-        namespace: WEBRTC.into(),
+        namespace: WEBRTC,
         sid: registration.session().client_id.clone(),
         pid: None,
         registration: Some(registration),

@@ -125,11 +125,12 @@ pub(super) fn upgrade(
         };
         Some((socket, Carrier { engine, conn }))
     });
-    tracker.spawn(async move {
+    let task = async move {
         if let Some((socket, carrier)) = opening.await {
             serve(carrier, socket).await;
         }
-    });
+    };
+    tracker.spawn(task);
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
@@ -216,8 +217,8 @@ async fn drive(engine: &Engine, conn: &Arc<Conn>, socket: &mut Socket) -> CloseR
             if socket.flush().await.is_err() {
                 return CloseReason::Client;
             }
-            // A quiet connection keeps no buffer.
-            if n <= 1 || batch.capacity() > 256 {
+            // A quiet connection keeps no buffer; a busy one a modest one.
+            if n <= 8 || batch.capacity() > 256 {
                 batch = Vec::new();
             }
         }
