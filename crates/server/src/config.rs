@@ -55,6 +55,9 @@ pub struct SocketIoConfig {
     /// Seconds a dropped socket's state (id, rooms, position) is kept for connection
     /// state recovery; 0 turns recovery off.
     pub recovery_window_secs: u64,
+    /// Socket read chunk of a Socket.IO WebSocket, resident per connection: a client's
+    /// events are small JSON (a larger one takes more reads, not more memory).
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for SocketIoConfig {
@@ -64,6 +67,7 @@ impl Default for SocketIoConfig {
             ping_timeout_ms: 20_000,
             max_payload: 1_000_000,
             recovery_window_secs: 120,
+            read_buffer_bytes: 256,
         }
     }
 }
@@ -448,6 +452,10 @@ const ENV: &[(&str, Setter)] = &[
         c.socketio.max_payload = parse(v)?;
         Ok(())
     }),
+    ("SWITCHBOARD_SOCKETIO_READ_BUFFER_BYTES", |c, v| {
+        c.socketio.read_buffer_bytes = parse(v)?;
+        Ok(())
+    }),
     ("SWITCHBOARD_SOCKETIO_RECOVERY_WINDOW_SECS", |c, v| {
         c.socketio.recovery_window_secs = parse(v)?;
         Ok(())
@@ -710,6 +718,9 @@ impl Config {
         }
         if self.ws.outbox_max_frames == 0 || self.ws.outbox_max_bytes == 0 {
             return bad("ws.outbox_max_frames and ws.outbox_max_bytes must be positive".into());
+        }
+        if self.socketio.read_buffer_bytes < 64 {
+            return bad("socketio.read_buffer_bytes must be at least 64".into());
         }
         if self.ws.read_buffer_bytes < 256 {
             return bad("ws.read_buffer_bytes must be at least 256".into());

@@ -14,6 +14,7 @@ use super::echo::echo;
 use super::hub_app::HubApp;
 use super::{Conn, Engine, Settings};
 use crate::encode::Frame;
+use crate::encode::socketio::ROOT;
 use crate::hub::Hub;
 
 /// Async work a packet started: awaited before the connection's next packet.
@@ -154,7 +155,8 @@ impl Application {
             return;
         }
         for socket in sockets {
-            if let (Some(pid), Some(registration)) = (socket.pid, socket.registration) {
+            if let (ROOT, Some(registration)) = (socket.namespace, socket.registration) {
+                let pid = app.stashes.pid(&registration.session().client_id).into();
                 app.stashes
                     .keep(app.hub.clone(), pid, registration, app.window);
             }

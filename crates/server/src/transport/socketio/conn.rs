@@ -61,9 +61,6 @@ pub enum Out {
 /// A connected namespace.
 pub struct Socket {
     pub namespace: &'static str,
-    pub sid: Arc<str>,
-    /// Its private session id, when its state can be recovered.
-    pub pid: Option<Arc<str>>,
     /// The hub session behind it (none in the conformance echo).
     pub registration: Option<Registration>,
 }
@@ -104,8 +101,33 @@ pub(super) struct State {
     pub partial: Option<Box<Partial>>,
 }
 
+/// An Engine.IO session id: 20 characters of `A-Za-z0-9`, kept inline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Sid([u8; 20]);
+
+impl Sid {
+    pub fn random() -> Sid {
+        let mut id = [0u8; 20];
+        id.copy_from_slice(super::random_id().as_bytes());
+        Sid(id)
+    }
+
+    /// A sid given by a client; None if it can not be one.
+    pub fn parse(s: &str) -> Option<Sid> {
+        let bytes: [u8; 20] = s.as_bytes().try_into().ok()?;
+        bytes
+            .iter()
+            .all(u8::is_ascii_alphanumeric)
+            .then_some(Sid(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).expect("a sid is ASCII")
+    }
+}
+
 pub struct Conn {
-    pub sid: Arc<str>,
+    pub sid: Sid,
     /// Engine clock (ms) of the handshake.
     pub opened_ms: u64,
     state: Mutex<State>,
@@ -121,7 +143,7 @@ pub struct Conn {
 
 impl Conn {
     pub(super) fn new(
-        sid: Arc<str>,
+        sid: Sid,
         transport: Transport,
         now: u64,
         next_ping: u64,

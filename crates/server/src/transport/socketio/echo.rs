@@ -28,11 +28,9 @@ pub(super) fn echo(conn: &Arc<Conn>, packet: socketio::Packet<'_>, attachments: 
             if conn.has_namespace(ns) {
                 return;
             }
-            let sid: Arc<str> = random_id().into();
+            let sid = random_id();
             let socket = Socket {
                 namespace: ns,
-                sid: sid.clone(),
-                pid: None,
                 registration: None,
             };
             if conn.add_socket(socket).is_err() {

@@ -17,7 +17,7 @@ use switchboard_protocol::{
 use super::apps::{Work, connect_error, connect_ok};
 use super::conn::{CloseReason, Socket};
 use super::recovery::{self, Stashes};
-use super::{Conn, Engine, random_id};
+use super::{Conn, Engine};
 use crate::encode::socketio as socketio_encode;
 use crate::encode::socketio::{ROOT, WEBRTC};
 use crate::hub::{ConnectError, Hub, Session, Wire};
@@ -236,13 +236,13 @@ fn is_payloadless(name: &str) -> bool {
         )
 }
 
-/// Socket.IO's `connected`: the native fields, with the original design's `socketId`.
+/// Socket.IO's `connected`, as the original design has it: `socketId` (the native
+/// protocol's `clientId`).
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct Connected<'a> {
     user: &'a UserInfo,
     socket_id: &'a str,
-    client_id: &'a str,
     timestamp: u64,
 }
 
@@ -273,35 +273,25 @@ async fn connect(hub: Hub, conn: Arc<Conn>, auth: Auth, recovery: Option<Arc<Sta
             .map(|(room, offset, _)| (room, offset));
         if let Some(mut points) = recovery::resume_points(&captured, marker) {
             points.extend(recovery::new_conversations(&hub, &user, &captured).await);
-            resume = Some((
-                Arc::<str>::from(pid.as_str()),
-                stash.client_id,
-                captured,
-                points,
-            ));
+            resume = Some((stash.client_id, captured, points));
         }
     }
-    let pid: Option<Arc<str>> = match (&resume, &recovery) {
-        (Some((pid, ..)), _) => Some(pid.clone()),
-        (None, Some(_)) => Some(random_id().into()),
-        (None, None) => None,
-    };
     let greet = |session: &Session| {
         let mut answer = serde_json::json!({ "sid": &*session.client_id });
-        if let Some(pid) = &pid {
-            answer["pid"] = serde_json::Value::from(&**pid);
+        // The private session id: the socket's id signed, so it is kept nowhere.
+        if let Some(stashes) = &recovery {
+            answer["pid"] = serde_json::Value::from(stashes.pid(&session.client_id));
         }
         let answer = socketio::message(Kind::Connect, 0, ROOT, None, Some(&answer.to_string()));
         session.push_frame(answer.into());
         let hello = Connected {
             user: session.user(),
             socket_id: &session.client_id,
-            client_id: &session.client_id,
             timestamp: now_millis(),
         };
         session.reply("connected", &hello, None);
     };
-    let client_id = resume.as_ref().map(|(_, id, ..)| id.clone());
+    let client_id = resume.as_ref().map(|(id, ..)| id.clone());
     let registration = match hub
         .connect_as(identity, Wire::SocketIo, client_id, greet)
         .await
@@ -322,7 +312,7 @@ async fn connect(hub: Hub, conn: Arc<Conn>, auth: Auth, recovery: Option<Arc<Sta
         session.keep_trail();
     }
     let mut recovered = true;
-    if let Some((_, _, captured, points)) = &resume {
+    if let Some((_, captured, points)) = &resume {
         for (room, since) in points {
             let ok = if captured.rooms.contains(room) {
                 hub.rejoin(&session, room, *since, None)
@@ -341,8 +331,6 @@ async fn connect(hub: Hub, conn: Arc<Conn>, auth: Auth, recovery: Option<Arc<Sta
     }
     let socket = Socket {
         namespace: ROOT,
-        sid: session.client_id.clone(),
-        pid,
         registration: Some(registration),
     };
     // A connection closed meanwhile drops the registration here.
@@ -389,8 +377,6 @@ async fn connect_webrtc(hub: Hub, conn: Arc<Conn>, auth: Auth) {
     };
     let socket = Socket {
         namespace: WEBRTC,
-        sid: registration.session().client_id.clone(),
-        pid: None,
         registration: Some(registration),
     };
     let _ = conn.add_socket(socket);

@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use apps::Application;
 pub use conn::Conn;
-use conn::{CloseReason, Transport};
+use conn::{CloseReason, Sid, Transport};
 
 use crate::config::Config;
 use crate::hub::Hub;
@@ -78,7 +78,7 @@ impl Settings {
             max_attachments: 10,
             max_event_bytes: cfg.ws.max_message_bytes,
             upgrade_timeout: Duration::from_secs(10),
-            read_buffer_bytes: cfg.ws.read_buffer_bytes,
+            read_buffer_bytes: cfg.socketio.read_buffer_bytes,
             write_buffer_bytes: cfg.ws.write_buffer_bytes,
         }
     }
@@ -106,7 +106,7 @@ impl Settings {
     }
 }
 
-type Shard = Mutex<HashMap<Arc<str>, Arc<Conn>>>;
+type Shard = Mutex<HashMap<Sid, Arc<Conn>>>;
 
 /// The Engine.IO server of one path. Cheap to clone.
 #[derive(Clone)]
@@ -170,7 +170,7 @@ impl Engine {
         self.inner.started.elapsed().as_millis() as u64
     }
 
-    fn shard(&self, sid: &str) -> &Shard {
+    fn shard(&self, sid: &Sid) -> &Shard {
         &self.inner.conns[self.inner.hasher.hash_one(sid) as usize % SHARDS]
     }
 
@@ -180,27 +180,26 @@ impl Engine {
     }
 
     fn find(&self, sid: &str) -> Option<Arc<Conn>> {
-        self.shard(sid).lock().get(sid).cloned()
+        let sid = Sid::parse(sid)?;
+        self.shard(&sid).lock().get(&sid).cloned()
     }
 
     /// A new connection, registered under a fresh sid.
     fn open(&self, transport: Transport, peer_id: Option<String>) -> Arc<Conn> {
         let now = self.now_ms();
         let conn = Arc::new(Conn::new(
-            random_id().into(),
+            Sid::random(),
             transport,
             now,
             now + self.inner.settings.ping_interval.as_millis() as u64,
             peer_id.map(String::into_boxed_str),
         ));
-        self.shard(&conn.sid)
-            .lock()
-            .insert(conn.sid.clone(), conn.clone());
+        self.shard(&conn.sid).lock().insert(conn.sid, conn.clone());
         let open = match transport {
             Transport::Polling => &self.inner.open_polling,
             Transport::WebSocket => &self.inner.open_websocket,
         };
-        let packet = format!(r#"0{{"sid":"{}",{}"#, conn.sid, &open[1..]);
+        let packet = format!(r#"0{{"sid":"{}",{}"#, conn.sid.as_str(), &open[1..]);
         conn.push_text(packet.into());
         conn
     }

@@ -48,12 +48,35 @@ pub struct Stash {
     pub captured: Shared<BoxFuture<'static, Arc<Captured>>>,
 }
 
-#[derive(Default)]
 pub struct Stashes {
     map: Mutex<HashMap<Arc<str>, Stash>>,
+    /// Signs socket ids into private session ids.
+    key: [u8; 32],
+}
+
+impl Default for Stashes {
+    fn default() -> Stashes {
+        Stashes {
+            map: Mutex::default(),
+            key: rand::random(),
+        }
+    }
 }
 
 impl Stashes {
+    /// The private session id of socket `client_id`: the id signed with this node's
+    /// key (HMAC-SHA256, 128 bits in base64url), so nothing is stored per socket and
+    /// another socket's id does not give it.
+    pub fn pid(&self, client_id: &str) -> String {
+        use base64::Engine as _;
+        use hmac::Mac as _;
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.key).expect("any key length");
+        mac.update(client_id.as_bytes());
+        let tag = mac.finalize().into_bytes();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&tag[..16])
+    }
+
     /// Stashes the state of a socket whose connection closed: its rooms, its trail
     /// and its user's conversations, read while `registration` (dropped at the end)
     /// keeps the session receiving.
