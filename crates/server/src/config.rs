@@ -67,7 +67,7 @@ impl Default for SocketIoConfig {
             ping_timeout_ms: 20_000,
             max_payload: 1_000_000,
             recovery_window_secs: 120,
-            read_buffer_bytes: 256,
+            read_buffer_bytes: 512,
         }
     }
 }
