@@ -87,6 +87,11 @@ pub async fn upgrade(
         }
     };
     app.tracker.spawn(task);
+    switching_protocols(key)
+}
+
+/// The 101 answer to a WebSocket handshake with `key`.
+pub(crate) fn switching_protocols(key: &str) -> Response {
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

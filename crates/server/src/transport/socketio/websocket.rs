@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderMap, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
@@ -131,14 +131,7 @@ pub(super) fn upgrade(
         }
     };
     tracker.spawn(task);
-    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, HeaderValue::from_static("upgrade"))
-        .header(header::UPGRADE, HeaderValue::from_static("websocket"))
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .body(Body::empty())
-        .expect("static response parts are valid")
+    crate::transport::ws::switching_protocols(key)
 }
 
 /// The upgrade of a polling connection: `2probe` answered `3probe`, the pending poll
