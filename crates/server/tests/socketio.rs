@@ -870,3 +870,37 @@ async fn an_upgrade_that_never_completes_is_dropped() {
     let echo = ws.next().await.unwrap().unwrap();
     assert_eq!(echo.to_text().unwrap(), "4upgraded");
 }
+
+/// Many sockets asking for the same peer id at once: one gets it, the others a
+/// generated one, and every one of them is registered and cleaned up on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wanted_peer_id_goes_to_one_socket_only() {
+    const N: usize = 20;
+    let server = TestServer::start().await;
+    let mut sio = Sio::start().await;
+    for i in 0..N {
+        sio.send(json!({"op": "connect", "id": format!("p{i}"),
+            "url": format!("http://{}/webrtc", server.addr),
+            "opts": {"auth": {"token": token("dave"), "peerId": "dave-phone"},
+                     "transports": ["websocket"]}}))
+            .await;
+    }
+    let mut sids = std::collections::HashSet::new();
+    for i in 0..N {
+        let rec = sio.record(&format!("p{i}"), "connect").await;
+        assert!(
+            sids.insert(rec["sid"].as_str().unwrap().to_string()),
+            "{rec}"
+        );
+    }
+    assert!(sids.contains("dave-phone"));
+    assert_eq!(server.hub.connections(), N as u64);
+    for i in 0..N {
+        sio.send(json!({"op": "disconnect", "id": format!("p{i}")}))
+            .await;
+    }
+    common::eventually("every socket is gone", || async {
+        server.hub.connections() == 0
+    })
+    .await;
+}

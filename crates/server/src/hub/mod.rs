@@ -40,7 +40,6 @@ pub use session::{OutboxLimits, Outgoing, Session, TRAIL_MAX, Trail, Wire};
 pub use users::{STATUSES, visible_status};
 
 use crate::auth::{AuthError, Identity, Verifier};
-
 use crate::broker::{Broker, Envelope};
 use crate::config::Config;
 use crate::encode::Event;
@@ -154,7 +153,7 @@ struct Inner {
     /// Sessions by client id, sharded.
     sessions: Box<[SessionShard]>,
     hasher: RandomState,
-    /// Open sessions, by wire (WebSocket, SSE).
+    /// Open sessions, by wire.
     open: [AtomicU64; 4],
     next_session: AtomicU64,
     started: Instant,
@@ -329,7 +328,7 @@ impl Hub {
         &self,
         identity: Identity,
         wire: Wire,
-        greet: impl FnOnce(&Session),
+        greet: impl Fn(&Session),
     ) -> Result<Registration, ConnectError> {
         self.connect_as(identity, wire, None, greet).await
     }
@@ -341,27 +340,39 @@ impl Hub {
         identity: Identity,
         wire: Wire,
         client_id: Option<Arc<str>>,
-        greet: impl FnOnce(&Session),
+        greet: impl Fn(&Session),
     ) -> Result<Registration, ConnectError> {
         let id = self.inner.next_session.fetch_add(1, Ordering::Relaxed);
-        let client_id: Arc<str> = match client_id {
-            Some(c) if self.session(&c).is_none() => c,
-            _ => uuid::Uuid::now_v7().to_string().into(),
-        };
         let s = &self.inner.settings;
-        let session = Arc::new(Session::new(
-            id,
-            client_id.clone(),
-            identity,
-            wire,
-            s.outbox,
-            RateLimiter::new(s.rate_per_sec, s.rate_burst),
-            self.clock_secs(),
-        ));
-        greet(&session);
-        self.session_shard(&client_id)
-            .lock()
-            .insert(client_id, session.clone());
+        let mut wanted = client_id;
+        let mut identity = identity;
+        let session = loop {
+            let client_id: Arc<str> = wanted
+                .take()
+                .unwrap_or_else(|| uuid::Uuid::now_v7().to_string().into());
+            let session = Arc::new(Session::new(
+                id,
+                client_id.clone(),
+                identity,
+                wire,
+                s.outbox,
+                RateLimiter::new(s.rate_per_sec, s.rate_burst),
+                self.clock_secs(),
+            ));
+            greet(&session);
+            // A wanted id another connection holds (or takes at the same moment) is
+            // not taken from it: a generated one is used instead.
+            match self.session_shard(&client_id).lock().entry(client_id) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(session.clone());
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {
+                    identity = session.identity.clone();
+                    continue;
+                }
+            }
+            break session;
+        };
         self.inner.open[wire as usize].fetch_add(1, Ordering::Relaxed);
         self.connection_gauge(wire).increment(1.0);
         self.rooms().session_opened(session.format);
@@ -398,11 +409,14 @@ impl Hub {
     /// was in hear `user_disconnected` (up to `announce_max_members`). Runs once, from
     /// the session's [`Registration`].
     fn disconnect(&self, session: &Arc<Session>) {
-        let removed = self
-            .session_shard(&session.client_id)
-            .lock()
-            .remove(&session.client_id)
-            .is_some();
+        let removed = {
+            let mut shard = self.session_shard(&session.client_id).lock();
+            // Only this session's entry: never another one's under the same id.
+            let mine = shard
+                .get(&session.client_id)
+                .is_some_and(|s| Arc::ptr_eq(s, session));
+            mine && shard.remove(&session.client_id).is_some()
+        };
         if !removed {
             return;
         }
