@@ -40,6 +40,45 @@ pub struct Config {
     pub sse: SseConfig,
     pub socketio: SocketIoConfig,
     pub ice: IceConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Many nodes: Redis joins them (broker, presence, Socket.IO recovery), PostgreSQL
+/// keeps what is durable (messages, the user layer, files). Each is optional: without
+/// them a node runs alone on its SQLite file and in-process broker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db`: the broker, presence and Socket.IO recovery in Redis.
+    pub redis_url: Option<String>,
+    /// `postgres://user@host:port/db`: the store (and file bytes) in PostgreSQL.
+    pub database_url: Option<String>,
+    /// Prefix of every Redis key and channel, so clusters can share a Redis.
+    pub redis_prefix: String,
+    /// Milliseconds a Redis command may take before it fails (a publish answers an
+    /// error instead of hanging while Redis is down).
+    pub redis_timeout_ms: u64,
+    /// Seconds a dead node's connections stay in presence, at most.
+    pub presence_ttl_secs: u64,
+    /// Connections to PostgreSQL per node.
+    pub database_max_connections: u32,
+    /// Where file bytes live: `auto` (PostgreSQL with a database URL, else the data
+    /// dir), `postgres` or `local`.
+    pub file_storage: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            redis_url: None,
+            database_url: None,
+            redis_prefix: "sb:".into(),
+            redis_timeout_ms: 2_000,
+            presence_ttl_secs: 60,
+            database_max_connections: 16,
+            file_storage: "auto".into(),
+        }
+    }
 }
 
 /// The Socket.IO endpoint, `/socket.io/` (Engine.IO v4).
@@ -249,6 +288,7 @@ impl Default for Config {
                 turn_ttl_secs: 86400,
                 ..IceConfig::default()
             },
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -414,6 +454,34 @@ const ENV: &[(&str, Setter)] = &[
     }),
     ("SWITCHBOARD_NODE_ID", |c, v| {
         c.node_id = v.into();
+        Ok(())
+    }),
+    ("SWITCHBOARD_REDIS_URL", |c, v| {
+        c.cluster.redis_url = some(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_DATABASE_URL", |c, v| {
+        c.cluster.database_url = some(v);
+        Ok(())
+    }),
+    ("SWITCHBOARD_REDIS_PREFIX", |c, v| {
+        c.cluster.redis_prefix = v.into();
+        Ok(())
+    }),
+    ("SWITCHBOARD_REDIS_TIMEOUT_MS", |c, v| {
+        c.cluster.redis_timeout_ms = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_PRESENCE_TTL_SECS", |c, v| {
+        c.cluster.presence_ttl_secs = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_DATABASE_MAX_CONNECTIONS", |c, v| {
+        c.cluster.database_max_connections = parse(v)?;
+        Ok(())
+    }),
+    ("SWITCHBOARD_FILE_STORAGE", |c, v| {
+        c.cluster.file_storage = v.into();
         Ok(())
     }),
     ("SWITCHBOARD_API_KEY", |c, v| {
@@ -813,6 +881,39 @@ impl Config {
                 ));
             }
         }
+        let c = &self.cluster;
+        if let Some(url) = &c.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return bad("cluster.redis_url must start with redis:// or rediss://".into());
+        }
+        if let Some(url) = &c.database_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            return bad("cluster.database_url must start with postgres:// or postgresql://".into());
+        }
+        if !["auto", "local", "postgres"].contains(&c.file_storage.as_str()) {
+            return bad(format!(
+                "cluster.file_storage {:?}: use auto, local or postgres",
+                c.file_storage
+            ));
+        }
+        if c.file_storage == "postgres" && c.database_url.is_none() {
+            return bad("cluster.file_storage = postgres needs cluster.database_url".into());
+        }
+        if c.redis_timeout_ms == 0 || c.database_max_connections == 0 {
+            return bad(
+                "cluster.redis_timeout_ms and cluster.database_max_connections must be positive"
+                    .into(),
+            );
+        }
+        if c.presence_ttl_secs <= self.ws.ping_interval_secs {
+            return bad(format!(
+                "cluster.presence_ttl_secs ({}) must exceed ws.ping_interval_secs ({}): presence \
+                 is kept alive once per ping period",
+                c.presence_ttl_secs, self.ws.ping_interval_secs
+            ));
+        }
         if self.rate_limit.per_sec > 0 && self.rate_limit.burst == 0 {
             return bad("rate_limit.burst must be positive when rate_limit.per_sec is".into());
         }
@@ -831,7 +932,30 @@ impl Config {
         mask(&mut shown.auth.jwt_secret);
         mask(&mut shown.ice.turn_secret);
         mask(&mut shown.notifications.webhook_secret);
+        for url in [
+            &mut shown.cluster.redis_url,
+            &mut shown.cluster.database_url,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *url = mask_password(url);
+        }
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render: {e}"))
+    }
+}
+
+/// `scheme://user:secret@host` -> `scheme://user:********@host`.
+fn mask_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((auth, host)) = rest.rsplit_once('@') else {
+        return url.to_string();
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:********@{host}"),
+        None => url.to_string(),
     }
 }
 
@@ -932,5 +1056,39 @@ mod tests {
         assert!(shown.contains("********"));
         let back: Config = toml::from_str(&shown).unwrap();
         assert_eq!(back.listen, c.listen);
+    }
+
+    #[test]
+    fn cluster_urls_are_checked_and_their_passwords_masked() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = Some("s".into());
+        c.apply_env(env(&[
+            (
+                "SWITCHBOARD_REDIS_URL",
+                "redis://:redispass@10.0.0.1:6379/0",
+            ),
+            (
+                "SWITCHBOARD_DATABASE_URL",
+                "postgres://app:pgpass@db/switchboard",
+            ),
+        ]))
+        .unwrap();
+        c.validate().unwrap();
+        let shown = c.to_masked_toml();
+        assert!(
+            !shown.contains("redispass") && !shown.contains("pgpass"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://app:********@db/switchboard"));
+        c.cluster.redis_url = Some("10.0.0.1:6379".into());
+        assert!(c.validate().unwrap_err().to_string().contains("redis://"));
+        c.cluster.redis_url = None;
+        c.cluster.presence_ttl_secs = c.ws.ping_interval_secs;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("presence_ttl_secs")
+        );
     }
 }

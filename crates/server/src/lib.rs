@@ -24,6 +24,7 @@
 mod app;
 pub mod auth;
 pub mod broker;
+mod cluster;
 pub mod config;
 pub mod encode;
 pub mod error;
@@ -55,10 +56,7 @@ pub use config::Config;
 pub use hub::{HandlerContext, Hub};
 
 use crate::app::App;
-use crate::broker::{Broker, MemoryBroker};
 use crate::hub::{HubParts, HubSettings, MessageHandler};
-use crate::presence::{MemoryPresence, Presence};
-use crate::store::{SqliteOptions, SqliteStore, Store};
 
 /// Commit batches the store may hand over before its writer waits for the hub.
 const COMMIT_LOG: usize = 64;
@@ -78,6 +76,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("cannot open the file storage: {0}")]
     Files(std::io::Error),
+    #[error("cannot reach Redis: {0}")]
+    Broker(#[from] broker::BrokerError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -120,18 +120,14 @@ impl ServerBuilder {
         let verifier = auth::Verifier::new(&config.auth)?;
         let metrics = Arc::new(metrics::Metrics::new());
         let (commits, commit_log) = tokio::sync::mpsc::channel(COMMIT_LOG);
-        let store_options = SqliteOptions {
-            dir: config.data_dir.clone(),
-            synchronous_full: config.store.synchronous == "full",
-            dedupe_window: Duration::from_secs(config.store.dedupe_window_secs),
-        };
-        let store: Arc<dyn Store> =
-            Arc::new(SqliteStore::open(&store_options, commits, metrics.clone()).await?);
-        let files = files::Files::open(&config.data_dir, &config.files, store.clone())
-            .await
-            .map_err(StartError::Files)?;
-        let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
-        let presence: Arc<dyn Presence> = Arc::new(MemoryPresence::default());
+        let parts = cluster::open(&config, commits, metrics.clone()).await?;
+        let cluster::Parts {
+            store,
+            broker,
+            presence,
+            files,
+            stashes,
+        } = parts;
         let parts = HubParts {
             settings: HubSettings::from_config(&config),
             verifier,
@@ -140,7 +136,7 @@ impl ServerBuilder {
             presence,
             handlers: self.handlers,
             metrics,
-            files: Arc::new(files),
+            files,
         };
         let hub = Hub::new(parts, commit_log);
         hub.load_interest().await?;
@@ -152,7 +148,12 @@ impl ServerBuilder {
                     source,
                 })?;
         let tracker = TaskTracker::new();
-        let socketio = transport::socketio::Engine::for_hub(hub.clone(), &config, tracker.clone());
+        let socketio = transport::socketio::Engine::for_hub_with(
+            hub.clone(),
+            &config,
+            tracker.clone(),
+            stashes,
+        );
         Ok(Server {
             listener,
             app: App {
@@ -250,7 +251,7 @@ impl Server {
             async move {
                 shutdown.await;
                 tracing::info!(connections = hub.connections(), "draining");
-                hub.drain(CloseCode::GoingAway);
+                hub.drain(CloseCode::ServiceRestart);
                 socketio.drain();
                 let _ = started.send(tokio::time::Instant::now());
             }
@@ -273,7 +274,7 @@ impl Server {
         tokio::select! {
             served = serve => if let Err(e) = served {
                 tracing::error!(error = %e, "server failed");
-                hub.drain(CloseCode::GoingAway);
+                hub.drain(CloseCode::ServiceRestart);
             },
             _ = &mut deadline => timed_out = true,
         }

@@ -71,6 +71,15 @@ struct Common {
     /// HS256 secret [env: SWITCHBOARD_JWT_SECRET or JWT_SECRET].
     #[arg(long)]
     jwt_secret: Option<String>,
+    /// Joins a cluster through Redis: redis://host:port [env: SWITCHBOARD_REDIS_URL].
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// Stores in PostgreSQL: postgres://user@host/db [env: SWITCHBOARD_DATABASE_URL].
+    #[arg(long)]
+    database_url: Option<String>,
+    /// This node's name in `/health`, stats and logs [env: SWITCHBOARD_NODE_ID].
+    #[arg(long)]
+    node_id: Option<String>,
 }
 
 impl Common {
@@ -88,6 +97,15 @@ impl Common {
         }
         if let Some(v) = &self.jwt_secret {
             cfg.auth.jwt_secret = Some(v.clone());
+        }
+        if let Some(v) = &self.redis_url {
+            cfg.cluster.redis_url = Some(v.clone());
+        }
+        if let Some(v) = &self.database_url {
+            cfg.cluster.database_url = Some(v.clone());
+        }
+        if let Some(v) = &self.node_id {
+            cfg.node_id = v.clone();
         }
         Ok(cfg)
     }

@@ -196,7 +196,7 @@ async fn dev_mode_prints_a_working_token() {
 }
 
 #[tokio::test]
-async fn sigterm_drains_with_1001_and_exits_cleanly() {
+async fn sigterm_drains_with_1012_and_exits_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let server = BinServer::start(dir.path(), &[]).await;
     let mut alice = Client::connect(&server.url(&token("alice"))).await;
@@ -206,7 +206,7 @@ async fn sigterm_drains_with_1001_and_exits_cleanly() {
     alice.next_of("ack").await;
     server.signal("-TERM");
     let (code, reason) = alice.expect_close().await;
-    assert_eq!((code, reason.as_str()), (1001, "Server shutting down"));
+    assert_eq!((code, reason.as_str()), (1012, "Service restart"));
     let status = server.wait().await;
     assert!(status.success(), "exit status {status:?}");
     // What was acknowledged is there after a restart.
@@ -247,8 +247,9 @@ async fn a_closed_store_turns_ready_off() {
 async fn draining_turns_ready_off() {
     let srv = TestServer::start().await;
     let mut alice = srv.client("alice").await;
-    srv.hub.drain(switchboard_protocol::CloseCode::GoingAway);
-    assert_eq!(alice.expect_close().await.0, 1001);
+    srv.hub
+        .drain(switchboard_protocol::CloseCode::ServiceRestart);
+    assert_eq!(alice.expect_close().await.0, 1012);
     let ready = reqwest::get(srv.http("/ready")).await.unwrap();
     assert_eq!(ready.status(), 503);
     let body: serde_json::Value = ready.json().await.unwrap();
@@ -259,7 +260,7 @@ async fn draining_turns_ready_off() {
     );
     // New connections are turned away while draining.
     let mut late = Client::connect(&srv.url(&token("late"))).await;
-    assert_eq!(late.expect_close().await.0, 1001);
+    assert_eq!(late.expect_close().await.0, 1012);
 }
 
 #[tokio::test]

@@ -300,7 +300,8 @@ async fn recovery_after(server_side: bool) {
         // The server closes the transport (as for a slow consumer).
         server
             .hub
-            .disconnect_user("alice", switchboard_protocol::CloseCode::SlowConsumer);
+            .disconnect_user("alice", switchboard_protocol::CloseCode::SlowConsumer)
+            .await;
     } else {
         sio.send(json!({"op": "drop", "id": "a"})).await;
     }

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 
-use super::{Broker, BrokerError, Envelope, Sink};
+use super::{Broker, BrokerError, Command, Envelope, Sink};
 use crate::position::Position;
 
 #[derive(Default)]
@@ -23,6 +23,11 @@ impl Broker for MemoryBroker {
             Ok(position)
         }
         .boxed()
+    }
+
+    // Alone: no other node to tell.
+    fn command(&self, _cmd: Command) -> BoxFuture<'_, Result<(), BrokerError>> {
+        std::future::ready(Ok(())).boxed()
     }
 
     // Every room of this node is here already.

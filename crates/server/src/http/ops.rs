@@ -38,8 +38,8 @@ pub struct Ready {
     status: &'static str,
 }
 
-/// 503 while draining or while the store is unavailable, so a load balancer stops
-/// sending new clients here.
+/// 503 while draining or while the store or the broker (Redis, in a cluster) is
+/// unavailable, so a load balancer stops sending new clients here.
 #[utoipa::path(get, path = "/ready", tag = "operations",
     responses((status = 200, body = Ready), (status = 503, body = ErrorBody)))]
 pub async fn ready(State(app): State<App>) -> Result<Json<Ready>, ApiError> {
@@ -54,6 +54,8 @@ pub async fn ready(State(app): State<App>) -> Result<Json<Ready>, ApiError> {
         unavailable("draining", "server is draining")
     } else if !app.hub.store().is_healthy() {
         unavailable("store_unavailable", "the message store is unavailable")
+    } else if !app.hub.broker().is_healthy() {
+        unavailable("broker_unavailable", "the broker (Redis) is unavailable")
     } else {
         Ok(Json(Ready { status: "ready" }))
     }

@@ -165,7 +165,7 @@ pub async fn admin_broadcast(
         content: Value::String(req.message),
         timestamp: now_millis(),
     };
-    let delivered = app.hub.broadcast_all("system_message", &event);
+    let delivered = app.hub.broadcast_all("system_message", &event).await;
     Ok(Json(Delivered { delivered }))
 }
 
@@ -439,7 +439,7 @@ pub async fn disconnect_user(
     State(app): State<App>,
     Path(id): Path<String>,
 ) -> Json<Disconnected> {
-    let disconnected = app.hub.disconnect_user(&id, CloseCode::Disconnected);
+    let disconnected = app.hub.disconnect_user(&id, CloseCode::Disconnected).await;
     Json(Disconnected { disconnected })
 }
 

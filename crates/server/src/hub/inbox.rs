@@ -172,6 +172,24 @@ impl Hub {
         Ok(())
     }
 
+    /// `rooms` may owe entries again, on every node (the other nodes of a cluster
+    /// settled them on what they knew).
+    pub(super) async fn unsettle(&self, rooms: Vec<String>) {
+        for room in &rooms {
+            self.inner.settled.unsettle(room);
+        }
+        if self.inner.settings.shared_store && !rooms.is_empty() {
+            self.tell_cluster(super::Action::Unsettle { rooms }).await;
+        }
+    }
+
+    /// Unsettles rooms at another node's word.
+    pub(super) fn unsettle_local(&self, rooms: &[String]) {
+        for room in rooms {
+            self.inner.settled.unsettle(room);
+        }
+    }
+
     /// The rooms of `user` may owe it entries again (it went offline, or read some).
     pub(super) async fn unsettle_rooms_of(&self, user: &str) {
         const PAGE: u32 = 1000;
@@ -184,9 +202,8 @@ impl Hub {
                     return;
                 }
             };
-            for (room, _) in &page {
-                self.inner.settled.unsettle(room);
-            }
+            let rooms: Vec<String> = page.iter().map(|(room, _)| room.clone()).collect();
+            self.unsettle(rooms).await;
             if page.len() < PAGE as usize {
                 return;
             }

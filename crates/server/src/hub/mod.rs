@@ -40,7 +40,7 @@ pub use session::{OutboxLimits, Outgoing, Session, TRAIL_MAX, Trail, Wire};
 pub use users::{STATUSES, visible_status};
 
 use crate::auth::{AuthError, Identity, Verifier};
-use crate::broker::{Broker, Envelope};
+use crate::broker::{Action, Broker, Command, Envelope};
 use crate::config::Config;
 use crate::encode::Event;
 use crate::metrics::Metrics;
@@ -74,6 +74,9 @@ pub struct HubSettings {
     pub notify_max_members: u32,
     /// Whether new notification entries are queued for the webhook.
     pub push: bool,
+    /// Whether other nodes share the store (a cluster): nothing the store holds may be
+    /// assumed from this node's own writes.
+    pub shared_store: bool,
 }
 
 impl HubSettings {
@@ -98,6 +101,7 @@ impl HubSettings {
             max_contacts: cfg.presence.max_contacts,
             notify_max_members: cfg.notifications.max_room_members,
             push: cfg.notifications.webhook_url.is_some(),
+            shared_store: cfg.cluster.database_url.is_some(),
         }
     }
 }
@@ -193,7 +197,10 @@ impl Hub {
     /// store's commits (read from `commits`) are published in commit order.
     pub fn new(parts: HubParts, commits: mpsc::Receiver<Vec<Commit>>) -> Hub {
         let rooms = Arc::new(RoomIndex::default());
-        let fanout = delivery::Fanout::start(rooms.clone(), parts.metrics.clone());
+        let shared_store = parts.settings.shared_store;
+        let ordering = (!parts.broker.ordered()).then(|| parts.store.clone());
+        let fanout = delivery::Fanout::start(rooms.clone(), parts.metrics.clone(), ordering);
+        let hub_slot = fanout.hub_slot();
         parts.broker.start(Arc::new(fanout));
         let hub = Hub {
             inner: Arc::new(Inner {
@@ -215,11 +222,16 @@ impl Hub {
                 started: Instant::now(),
                 draining: AtomicBool::new(false),
                 leaving: users::Leaving::default(),
-                interest: users::Interest::default(),
+                interest: if shared_store {
+                    users::Interest::everyone()
+                } else {
+                    users::Interest::default()
+                },
                 settled: inbox::Settled::default(),
                 pushes_due: Arc::new(tokio::sync::Notify::new()),
             }),
         };
+        let _ = hub_slot.set(Arc::downgrade(&hub.inner));
         // The publisher holds the hub weakly: it ends when the hub is dropped.
         tokio::spawn(delivery::publish_commits(
             commits,
@@ -257,7 +269,7 @@ impl Hub {
         self.inner.pushes_due.clone()
     }
 
-    fn broker(&self) -> &Arc<dyn Broker> {
+    pub fn broker(&self) -> &Arc<dyn Broker> {
         &self.inner.broker
     }
 
@@ -400,7 +412,7 @@ impl Hub {
         self.device_arrived(&session, devices);
         // A drain that began while this one registered may not have seen it.
         if self.is_draining() {
-            session.close(CloseCode::GoingAway);
+            session.close(CloseCode::ServiceRestart);
         }
         Ok(registration)
     }
@@ -528,9 +540,8 @@ impl Hub {
         exclude: Option<Arc<str>>,
     ) {
         let env = Envelope {
-            room,
-            event,
             exclude,
+            ..Envelope::new(room, event)
         };
         if let Err(e) = self.broker().publish(env).await {
             tracing::warn!(error = %e, "publish failed");
@@ -572,9 +583,21 @@ impl Hub {
         out
     }
 
-    /// Sends `{type: kind, data}` to every connection of this node, on every transport.
-    pub fn broadcast_all<T: Serialize + ?Sized>(&self, kind: &str, data: &T) -> usize {
+    /// Sends `{type: kind, data}` to every connection, on every transport and every
+    /// node; answers how many connections of this node got it.
+    pub async fn broadcast_all<T: Serialize + ?Sized>(&self, kind: &str, data: &T) -> usize {
         let event = Event::new(kind.to_string(), data);
+        let n = self.broadcast_local(&event);
+        self.tell_cluster(Action::Broadcast {
+            kind: kind.to_string(),
+            data: event.data().as_str().to_string(),
+        })
+        .await;
+        n
+    }
+
+    /// Sends `event` to every connection of this node.
+    pub(crate) fn broadcast_local(&self, event: &Event) -> usize {
         event.prepare(self.rooms().live_formats());
         let mut n = 0;
         for s in self.all_sessions() {
@@ -586,8 +609,18 @@ impl Hub {
         n
     }
 
-    /// Closes every connection of `user_id` on this node with `code`; returns how many.
-    pub fn disconnect_user(&self, user_id: &str, code: CloseCode) -> usize {
+    /// Closes every connection of `user_id` with `code`, on every node; answers how
+    /// many of this node it closed.
+    pub async fn disconnect_user(&self, user_id: &str, code: CloseCode) -> usize {
+        let n = self.disconnect_user_local(user_id, code);
+        self.tell_cluster(Action::DisconnectUser {
+            user: user_id.to_string(),
+        })
+        .await;
+        n
+    }
+
+    pub(crate) fn disconnect_user_local(&self, user_id: &str, code: CloseCode) -> usize {
         let sessions: Vec<_> = self
             .all_sessions()
             .into_iter()
@@ -597,6 +630,17 @@ impl Hub {
             s.close(code);
         }
         sessions.len()
+    }
+
+    /// Has the other nodes of a cluster do `action` (nothing alone).
+    async fn tell_cluster(&self, action: Action) {
+        let cmd = Command {
+            from: self.inner.settings.node_id.clone(),
+            action,
+        };
+        if let Err(e) = self.broker().command(cmd).await {
+            tracing::warn!(error = %e, "telling the other nodes failed");
+        }
     }
 
     /// Whether `user_id` has a connection in `room`: a member (any node), or a listener
@@ -620,6 +664,9 @@ impl Hub {
     /// Stores and publishes a message from the server itself (the HTTP API), and waits
     /// until it is durable.
     pub async fn publish_durable(&self, draft: Draft) -> Result<Committed, StoreError> {
+        if !self.broker().is_healthy() {
+            return Err(StoreError::Unavailable("the broker is unavailable".into()));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let done = Completion::new(move |result| {
             let _ = tx.send(result);

@@ -175,7 +175,13 @@ impl RoomIndex {
         // Encoding happens here, before the lock. A session of a new format that
         // connects and joins in between gets its encoding made under the lock, once.
         env.event.prepare(self.live_formats());
-        let excluded = |s: &Session| env.exclude.as_deref() == Some(&*s.client_id);
+        let excluded = |s: &Session| {
+            env.exclude.as_deref() == Some(&*s.client_id)
+                || env
+                    .only
+                    .as_deref()
+                    .is_some_and(|only| only != &*s.client_id)
+        };
         let mut shard = self.shard(&env.room).lock();
         let Some(room) = shard.get_mut(&env.room) else {
             return 0;

@@ -69,15 +69,25 @@ impl Leaving {
 /// Users worth a look when a device connects: those with a contact list to tell they
 /// are online, and those with unread entries to deliver. Kept as hashes of their ids, so
 /// that it stays small; a false positive only costs a read. Without it every connect
-/// would read the store twice.
+/// would read the store twice. In a cluster other nodes change the store too, so it
+/// answers yes to everyone (`everyone`).
 #[derive(Default)]
 pub(super) struct Interest {
     contacts: Mutex<HashSet<u64>>,
     unread: Mutex<HashSet<u64>>,
     hasher: RandomState,
+    everyone: bool,
 }
 
 impl Interest {
+    /// An interest that answers yes to everyone.
+    pub(super) fn everyone() -> Interest {
+        Interest {
+            everyone: true,
+            ..Default::default()
+        }
+    }
+
     fn key(&self, user: &str) -> u64 {
         self.hasher.hash_one(user)
     }
@@ -100,11 +110,11 @@ impl Interest {
     }
 
     fn has_contacts(&self, user: &str) -> bool {
-        self.contacts.lock().contains(&self.key(user))
+        self.everyone || self.contacts.lock().contains(&self.key(user))
     }
 
     fn has_unread(&self, user: &str) -> bool {
-        self.unread.lock().contains(&self.key(user))
+        self.everyone || self.unread.lock().contains(&self.key(user))
     }
 }
 

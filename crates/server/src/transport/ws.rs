@@ -124,7 +124,7 @@ async fn open(
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await,
     );
     if hub.is_draining() {
-        close(&mut socket, CloseCode::GoingAway).await;
+        close(&mut socket, CloseCode::ServiceRestart).await;
         return None;
     }
     let identity = match hub.authenticate(token.as_deref()) {

@@ -256,7 +256,7 @@ async fn remember_member(hub: &Hub, session: &Session, room: &str) -> Result<(),
         .await
         .map_err(|e| store_error("storing a membership", e))?;
     if added == WriteOutcome::Changed(true) {
-        hub.inner.settled.unsettle(room);
+        hub.unsettle(vec![room.to_string()]).await;
     }
     Ok(())
 }

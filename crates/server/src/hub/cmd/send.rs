@@ -61,6 +61,12 @@ pub(super) fn may_post(session: &Session, room: &str) -> Result<(), ErrorKind> {
 /// Stores `draft` (then the room gets it); with a `ref`, the sender gets `ack` once it
 /// is durable, or the error.
 pub(super) async fn append(hub: &Hub, session: &Arc<Session>, draft: Draft, r: Option<&Ref>) {
+    if !hub.broker().is_healthy() {
+        // Nothing stored: the message could not reach the room now.
+        tracing::warn!("refusing a message: the broker is unavailable");
+        session.error(&ErrorKind::Unavailable, r);
+        return;
+    }
     let s = session.clone();
     let r = r.cloned();
     let received = Instant::now();

@@ -12,6 +12,7 @@ use switchboard_protocol::socketio::{self, Kind, engine};
 use super::conn::{CloseReason, Partial, Socket};
 use super::echo::echo;
 use super::hub_app::HubApp;
+use super::recovery::Stashes;
 use super::{Conn, Engine, Settings};
 use crate::encode::Frame;
 use crate::encode::socketio::ROOT;
@@ -31,12 +32,12 @@ pub enum Application {
 }
 
 impl Application {
-    pub fn hub(hub: Hub, settings: &Settings) -> Application {
+    pub fn hub(hub: Hub, settings: &Settings, stashes: Stashes) -> Application {
         Application::Hub(HubApp {
             hub,
             max_event_bytes: settings.max_event_bytes,
             window: settings.recovery_window,
-            stashes: Arc::default(),
+            stashes: Arc::new(stashes),
         })
     }
 

@@ -236,10 +236,12 @@ async fn connect(hub: Hub, conn: Arc<Conn>, auth: Auth, recovery: Option<Arc<Sta
     let user = identity.user.id.clone();
     // A recovering client: its stash, and where each of its rooms resumes.
     let mut resume = None;
-    if let (Some(stashes), Some(pid)) = (&recovery, &auth.pid)
-        && let Some(stash) = stashes.take(pid, &user)
-    {
-        let captured = stash.captured.clone().await;
+    let found = match (&recovery, &auth.pid) {
+        (Some(stashes), Some(pid)) => stashes.take(pid, &user).await,
+        _ => None,
+    };
+    if let Some(found) = found {
+        let captured = found.captured;
         let marker = auth
             .offset
             .as_deref()
@@ -247,7 +249,7 @@ async fn connect(hub: Hub, conn: Arc<Conn>, auth: Auth, recovery: Option<Arc<Sta
             .map(|(room, offset, _)| (room, offset));
         if let Some(mut points) = recovery::resume_points(&captured, marker) {
             points.extend(recovery::new_conversations(&hub, &user, &captured).await);
-            resume = Some((stash.client_id, captured, points));
+            resume = Some((found.client_id, captured, points));
         }
     }
     let greet = |session: &Session| {

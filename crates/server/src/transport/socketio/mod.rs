@@ -19,7 +19,7 @@ mod conn;
 mod echo;
 mod hub_app;
 mod polling;
-mod recovery;
+pub mod recovery;
 mod websocket;
 
 use std::collections::HashMap;
@@ -152,8 +152,18 @@ impl Engine {
 
     /// The engine of the hub's `/socket.io/` endpoint.
     pub fn for_hub(hub: Hub, config: &Config, tracker: TaskTracker) -> Engine {
+        Engine::for_hub_with(hub, config, tracker, recovery::Stashes::default())
+    }
+
+    /// [`Engine::for_hub`] with recovery stashes of its own (a cluster's, in Redis).
+    pub fn for_hub_with(
+        hub: Hub,
+        config: &Config,
+        tracker: TaskTracker,
+        stashes: recovery::Stashes,
+    ) -> Engine {
         let settings = Settings::from_config(config);
-        let app = Application::hub(hub, &settings);
+        let app = Application::hub(hub, &settings, stashes);
         Engine::new(settings, app, tracker)
     }
 

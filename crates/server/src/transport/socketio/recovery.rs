@@ -14,14 +14,22 @@
 //! conversations, read while the closed session still receives (so a message is in
 //! the trail or after that head); a conversation resumes after the last offset that
 //! arrived, or after that head if nothing of it arrived.
+//!
+//! In a cluster the client may come back through another node: stashes then live in
+//! Redis ([`SharedStashes`]), under a key every node signs pids with. A stash is marked
+//! pending in Redis the moment its socket closes and written whole once captured; a
+//! node asked for a pending stash waits for it (a client that reconnects at once), and
+//! takes it with one atomic `GETDEL`, so it recovers on one node only.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ::redis::aio::ConnectionManager;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use switchboard_protocol::DM_ROOM_PREFIX;
 
 use crate::hub::{Hub, Registration, Trail};
@@ -30,6 +38,10 @@ use crate::hub::{Hub, Registration, Trail};
 const MAX_STASHES: usize = 100_000;
 /// Most conversations whose heads are read for one stash.
 const MAX_CONVERSATIONS: u32 = 1000;
+/// How long a node waits for a stash another node is still writing.
+const PENDING_WAIT: Duration = Duration::from_secs(3);
+/// What a stash in Redis holds until it is written whole.
+const PENDING: &str = "pending";
 
 /// What a closed socket left for its recovery.
 #[derive(Debug, Clone, Default)]
@@ -48,22 +60,161 @@ pub struct Stash {
     pub captured: Shared<BoxFuture<'static, Arc<Captured>>>,
 }
 
+/// A stash found for a recovering socket.
+pub struct Found {
+    pub client_id: Arc<str>,
+    pub captured: Arc<Captured>,
+}
+
 pub struct Stashes {
     map: Mutex<HashMap<Arc<str>, Stash>>,
     /// Signs socket ids into private session ids.
-    key: [u8; 32],
+    key: Vec<u8>,
+    /// In a cluster: stashes in Redis, not in `map`.
+    shared: Option<SharedStashes>,
+}
+
+/// Stashes kept in Redis, for every node.
+#[derive(Clone)]
+pub struct SharedStashes {
+    pub conn: ConnectionManager,
+    /// Key prefix (`<prefix>stash:<pid>`).
+    pub prefix: String,
+    pub timeout: Duration,
 }
 
 impl Default for Stashes {
     fn default() -> Stashes {
         Stashes {
             map: Mutex::default(),
-            key: rand::random(),
+            key: rand::random::<[u8; 32]>().to_vec(),
+            shared: None,
         }
     }
 }
 
+/// A stash as Redis keeps it.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    user: String,
+    client_id: String,
+    rooms: Vec<String>,
+    events: Vec<(String, u64)>,
+    bases: Vec<(String, u64)>,
+    trimmed: bool,
+    conversations: Vec<(String, u64)>,
+}
+
+impl Stored {
+    fn new(user: &str, client_id: &str, c: &Captured) -> Stored {
+        let pairs = |v: &mut dyn Iterator<Item = &(Arc<str>, u64)>| {
+            v.map(|(r, o)| (r.to_string(), *o)).collect()
+        };
+        Stored {
+            user: user.to_string(),
+            client_id: client_id.to_string(),
+            rooms: c.rooms.iter().map(|r| r.to_string()).collect(),
+            events: pairs(&mut c.trail.events.iter()),
+            bases: pairs(&mut c.trail.bases.iter()),
+            trimmed: c.trail.trimmed,
+            conversations: pairs(&mut c.conversations.iter()),
+        }
+    }
+
+    fn found(self) -> Found {
+        let pairs = |v: Vec<(String, u64)>| v.into_iter().map(|(r, o)| (Arc::from(r), o));
+        Found {
+            client_id: self.client_id.into(),
+            captured: Arc::new(Captured {
+                rooms: self.rooms.into_iter().map(Arc::from).collect(),
+                trail: Trail {
+                    events: pairs(self.events).collect(),
+                    bases: pairs(self.bases).collect(),
+                    trimmed: self.trimmed,
+                },
+                conversations: pairs(self.conversations).collect(),
+            }),
+        }
+    }
+}
+
+impl SharedStashes {
+    fn key(&self, pid: &str) -> String {
+        format!("{}stash:{pid}", self.prefix)
+    }
+
+    async fn run<T: ::redis::FromRedisValue>(&self, cmd: &::redis::Cmd) -> Option<T> {
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(self.timeout, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "recovery stash: Redis failed");
+                None
+            }
+            Err(_) => {
+                tracing::warn!("recovery stash: Redis did not answer in time");
+                None
+            }
+        }
+    }
+
+    /// Marks `pid` pending, then writes its stash once captured.
+    async fn keep(
+        self,
+        pid: Arc<str>,
+        user: String,
+        capture: Shared<BoxFuture<'static, Arc<Captured>>>,
+        window: Duration,
+        client_id: Arc<str>,
+    ) {
+        let key = self.key(&pid);
+        let secs = window.as_secs().max(1);
+        let mut pending = ::redis::cmd("SET");
+        pending.arg(&key).arg(PENDING).arg("EX").arg(secs);
+        let _: Option<()> = self.run(&pending).await;
+        let captured = capture.await;
+        let stored = Stored::new(&user, &client_id, &captured);
+        let json = serde_json::to_string(&stored).expect("a stash serializes");
+        let mut set = ::redis::cmd("SET");
+        set.arg(&key).arg(json).arg("EX").arg(secs);
+        let _: Option<()> = self.run(&set).await;
+    }
+
+    /// Takes `pid`'s stash, waiting a moment for one still being written.
+    async fn take(&self, pid: &str, user: &str) -> Option<Found> {
+        let key = self.key(pid);
+        let deadline = tokio::time::Instant::now() + PENDING_WAIT;
+        loop {
+            let mut get = ::redis::cmd("GET");
+            get.arg(&key);
+            let value: Option<String> = self.run(&get).await?;
+            match value.as_deref() {
+                None => return None,
+                Some(PENDING) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Some(PENDING) => return None,
+                Some(_) => break,
+            }
+        }
+        let mut take = ::redis::cmd("GETDEL");
+        take.arg(&key);
+        let value: Option<String> = self.run(&take).await?;
+        let stored: Stored = serde_json::from_str(&value?).ok()?;
+        (stored.user == user).then(|| stored.found())
+    }
+}
+
 impl Stashes {
+    /// Stashes in Redis, pids signed with `key` (the same on every node).
+    pub fn shared(shared: SharedStashes, key: Vec<u8>) -> Stashes {
+        Stashes {
+            map: Mutex::default(),
+            key,
+            shared: Some(shared),
+        }
+    }
+
     /// The private session id of socket `client_id`: the id signed with this node's
     /// key (HMAC-SHA256, 128 bits in base64url), so nothing is stored per socket and
     /// another socket's id does not give it.
@@ -101,6 +252,10 @@ impl Stashes {
         .shared();
         // Driven now, whether or not the client comes back.
         tokio::spawn(capture.clone());
+        if let Some(shared) = &self.shared {
+            tokio::spawn(shared.clone().keep(pid, user, capture, window, client_id));
+            return;
+        }
         let stash = Stash {
             user,
             client_id,
@@ -120,9 +275,18 @@ impl Stashes {
     }
 
     /// Takes the stash of `pid` if it is `user`'s and still within its window.
-    pub fn take(&self, pid: &str, user: &str) -> Option<Stash> {
+    pub async fn take(&self, pid: &str, user: &str) -> Option<Found> {
+        if let Some(shared) = &self.shared {
+            return shared.take(pid, user).await;
+        }
         let stash = self.map.lock().remove(pid)?;
-        (stash.user == user && Instant::now() < stash.expires).then_some(stash)
+        if stash.user != user || Instant::now() >= stash.expires {
+            return None;
+        }
+        Some(Found {
+            client_id: stash.client_id,
+            captured: stash.captured.await,
+        })
     }
 
     /// Drops the expired stashes.

@@ -1,0 +1,107 @@
+//! Which parts a node runs on: alone (SQLite, the in-process broker and presence,
+//! files on disk), or in a cluster (Redis for the broker, presence and Socket.IO
+//! recovery; PostgreSQL for the store and file bytes), as the config says.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::StartError;
+use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisBrokerOptions};
+use crate::config::Config;
+use crate::files::Files;
+use crate::metrics::Metrics;
+use crate::presence::{MemoryPresence, Presence};
+use crate::store::{CommitLog, SqliteOptions, SqliteStore, Store};
+use crate::transport::socketio::recovery::{SharedStashes, Stashes};
+
+pub(crate) struct Parts {
+    pub store: Arc<dyn Store>,
+    pub broker: Arc<dyn Broker>,
+    pub presence: Arc<dyn Presence>,
+    pub files: Arc<Files>,
+    pub stashes: Stashes,
+}
+
+pub(crate) async fn open(
+    config: &Config,
+    commits: CommitLog,
+    metrics: Arc<Metrics>,
+) -> Result<Parts, StartError> {
+    let c = &config.cluster;
+    let store_options = SqliteOptions {
+        dir: config.data_dir.clone(),
+        synchronous_full: config.store.synchronous == "full",
+        dedupe_window: Duration::from_secs(config.store.dedupe_window_secs),
+    };
+    let store: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&store_options, commits, metrics.clone()).await?);
+    let files = Files::open(&config.data_dir, &config.files, store.clone())
+        .await
+        .map_err(StartError::Files)?;
+    let timeout = Duration::from_millis(c.redis_timeout_ms);
+    let (broker, presence, stashes): (Arc<dyn Broker>, Arc<dyn Presence>, Stashes) =
+        match &c.redis_url {
+            None => (
+                Arc::new(MemoryBroker::default()),
+                Arc::new(MemoryPresence::default()),
+                Stashes::default(),
+            ),
+            Some(url) => {
+                let broker = RedisBroker::connect(
+                    url,
+                    RedisBrokerOptions {
+                        prefix: c.redis_prefix.clone(),
+                        timeout,
+                    },
+                )
+                .await?;
+                let conn = broker.connection();
+                let key = shared_key(&conn, &format!("{}pid-key", c.redis_prefix), timeout)
+                    .await
+                    .map_err(|e| StartError::Broker(crate::broker::BrokerError::Unavailable(e)))?;
+                let stashes = Stashes::shared(
+                    SharedStashes {
+                        conn,
+                        prefix: c.redis_prefix.clone(),
+                        timeout,
+                    },
+                    key,
+                );
+                (
+                    Arc::new(broker),
+                    Arc::new(MemoryPresence::default()),
+                    stashes,
+                )
+            }
+        };
+    Ok(Parts {
+        store,
+        broker,
+        presence,
+        files: Arc::new(files),
+        stashes,
+    })
+}
+
+/// A random key shared by every node: the first node to start creates it.
+async fn shared_key(
+    conn: &redis::aio::ConnectionManager,
+    name: &str,
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let mut conn = conn.clone();
+    let fresh = hex::encode(rand::random::<[u8; 32]>());
+    let mut set = redis::cmd("SET");
+    set.arg(name).arg(&fresh).arg("NX");
+    let mut get = redis::cmd("GET");
+    get.arg(name);
+    let work = async {
+        let _: Option<String> = set.query_async(&mut conn).await?;
+        get.query_async::<String>(&mut conn).await
+    };
+    let key = tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| "Redis did not answer in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    hex::decode(key).map_err(|e| format!("the shared key {name} is not hex: {e}"))
+}
