@@ -1,5 +1,5 @@
-//! Uploaded files: bytes in a [`FileStorage`] (a directory under the data dir today; an
-//! S3-compatible store would plug in here for a cluster), metadata in the store.
+//! Uploaded files: bytes in a [`FileStorage`] (a directory under the data dir on a single
+//! node; PostgreSQL, shared by every node, in a cluster), metadata in the store.
 //!
 //! An upload is streamed: hashed, measured and held against the size limit and the
 //! uploader's quota as it arrives, and kept only once whole and recorded. Downloads
@@ -8,6 +8,7 @@
 
 mod local;
 pub mod magic;
+mod postgres;
 
 use std::collections::HashMap;
 use std::io;
@@ -25,6 +26,7 @@ use sha2::{Digest, Sha256};
 use switchboard_protocol::now_millis;
 
 pub use local::LocalStorage;
+pub use postgres::{PostgresStorage, shared_url_key};
 
 use crate::config::FilesConfig;
 use crate::store::{FileRecord, Store, StoreError, WriteOp, WriteOutcome};
@@ -127,13 +129,26 @@ impl Files {
             Some(secret) => secret.as_bytes().to_vec(),
             None => url_key(&dir.join("url.key")).await?,
         };
-        Ok(Files {
-            storage: Arc::new(storage),
+        Ok(Files::open_with(Arc::new(storage), key, config, store))
+    }
+
+    /// Files in `storage`, links signed with `url_key` as given (`files.url_secret` is
+    /// not consulted). In a cluster every node passes the same storage and key (e.g.
+    /// [`PostgresStorage`] and [`shared_url_key`]), so that any node serves a file and
+    /// verifies a link that another made. The key should be at least 32 random bytes.
+    pub fn open_with(
+        storage: Arc<dyn FileStorage>,
+        url_key: Vec<u8>,
+        config: &FilesConfig,
+        store: Arc<dyn Store>,
+    ) -> Files {
+        Files {
+            storage,
             store,
-            key,
+            key: url_key,
             config: config.clone(),
             in_flight: Mutex::new(HashMap::new()),
-        })
+        }
     }
 
     pub fn config(&self) -> &FilesConfig {
