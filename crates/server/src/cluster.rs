@@ -8,11 +8,14 @@ use std::time::Duration;
 use crate::StartError;
 use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisBrokerOptions};
 use crate::config::Config;
-use crate::files::Files;
+use crate::files::{Files, PostgresStorage, shared_url_key};
 use crate::metrics::Metrics;
 use crate::presence::{MemoryPresence, Presence};
 use crate::store::{CommitLog, SqliteOptions, SqliteStore, Store};
 use crate::transport::socketio::recovery::{SharedStashes, Stashes};
+
+/// Connections to PostgreSQL for file bytes, per node.
+const FILE_CONNECTIONS: u32 = 4;
 
 pub(crate) struct Parts {
     pub store: Arc<dyn Store>,
@@ -35,9 +38,7 @@ pub(crate) async fn open(
     };
     let store: Arc<dyn Store> =
         Arc::new(SqliteStore::open(&store_options, commits, metrics.clone()).await?);
-    let files = Files::open(&config.data_dir, &config.files, store.clone())
-        .await
-        .map_err(StartError::Files)?;
+    let files = open_files(config, store.clone()).await?;
     let timeout = Duration::from_millis(c.redis_timeout_ms);
     let (broker, presence, stashes): (Arc<dyn Broker>, Arc<dyn Presence>, Stashes) =
         match &c.redis_url {
@@ -81,6 +82,39 @@ pub(crate) async fn open(
         files: Arc::new(files),
         stashes,
     })
+}
+
+/// File bytes on the local disk, or in PostgreSQL for every node (links then signed
+/// with `files.url_secret`, or a key kept in the database).
+async fn open_files(config: &Config, store: Arc<dyn Store>) -> Result<Files, StartError> {
+    let c = &config.cluster;
+    let shared = match (c.file_storage.as_str(), &c.database_url) {
+        ("local", _) | (_, None) => None,
+        (_, Some(url)) => Some(url),
+    };
+    let Some(url) = shared else {
+        return Files::open(&config.data_dir, &config.files, store)
+            .await
+            .map_err(StartError::Files);
+    };
+    let files_err = |e: sqlx::Error| StartError::Files(std::io::Error::other(e.to_string()));
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(FILE_CONNECTIONS)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .map_err(files_err)?;
+    let key = match &config.files.url_secret {
+        Some(secret) => secret.as_bytes().to_vec(),
+        None => shared_url_key(&pool).await.map_err(StartError::Files)?,
+    };
+    let storage = PostgresStorage::open(pool).await.map_err(StartError::Files)?;
+    Ok(Files::open_with(
+        Arc::new(storage),
+        key,
+        &config.files,
+        store,
+    ))
 }
 
 /// A random key shared by every node: the first node to start creates it.

@@ -195,6 +195,12 @@ impl Server {
         let Server { listener, app } = self;
         let hub = app.hub.clone();
         let every = |secs: u64| Duration::from_secs(secs);
+        // The other nodes see this one from the start, not one stats period later.
+        tokio::spawn({
+            let hub = hub.clone();
+            let ttl = every(app.config.sse.stats_interval_secs * 3);
+            async move { hub.report_node(ttl).await }
+        });
         let background = [
             periodic(every(app.config.ws.ping_interval_secs), {
                 let hub = hub.clone();
@@ -205,9 +211,14 @@ impl Server {
             }),
             periodic(every(app.config.sse.stats_interval_secs), {
                 let hub = hub.clone();
+                // A report outlives a missed tick or two, not a dead node.
+                let ttl = every(app.config.sse.stats_interval_secs * 3);
                 move || {
                     let hub = hub.clone();
-                    async move { hub.publish_system_stats().await }
+                    async move {
+                        hub.publish_system_stats().await;
+                        hub.report_node(ttl).await;
+                    }
                 }
             }),
             periodic(METRICS_UPKEEP, {

@@ -136,6 +136,22 @@ pub trait Broker: Send + Sync + 'static {
     /// Sends `cmd` to every node of the cluster; a node ignores its own.
     fn command(&self, cmd: Command) -> BoxFuture<'_, Result<(), BrokerError>>;
 
+    /// Keeps this node's `report` (JSON) where the other nodes read it, until
+    /// `expires_at` (Unix ms); nothing alone.
+    fn report<'a>(
+        &'a self,
+        _node: &'a str,
+        _report: String,
+        _expires_at: u64,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The reports of every node that has one that has not expired (none alone).
+    fn reports(&self) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
     /// Starts receiving `room` on this node; resolves once its traffic arrives here, so
     /// that a join confirmed afterwards misses nothing. Counted: every `subscribe` is
     /// matched by one `unsubscribe`.

@@ -196,6 +196,19 @@ impl RedisBroker {
         format!("{}cmd", self.opts.prefix)
     }
 
+    fn nodes_key(&self) -> String {
+        format!("{}nodes", self.opts.prefix)
+    }
+
+    /// Runs one command within the timeout.
+    async fn run<T: ::redis::FromRedisValue>(&self, cmd: ::redis::Cmd) -> Result<T, BrokerError> {
+        let mut conn = self.conn.clone();
+        tokio::time::timeout(self.opts.timeout, cmd.query_async::<T>(&mut conn))
+            .await
+            .map_err(|_| BrokerError::Unavailable("Redis did not answer in time".into()))?
+            .map_err(unavailable)
+    }
+
     /// Ends one hold of `room`; the last one asks the subscriber to let it go.
     fn release(&self, room: &str) {
         let mut rooms = self.subs.rooms.lock();
@@ -265,15 +278,50 @@ impl Broker for RedisBroker {
     fn command(&self, cmd: Command) -> BoxFuture<'_, Result<(), BrokerError>> {
         async move {
             let payload = serde_json::to_vec(&cmd).map_err(unavailable)?;
-            let mut conn = self.conn.clone();
             let mut publish = ::redis::cmd("PUBLISH");
             publish.arg(self.command_channel()).arg(payload);
-            let publish = publish.query_async::<i64>(&mut conn);
-            tokio::time::timeout(self.opts.timeout, publish)
-                .await
-                .map_err(|_| BrokerError::Unavailable("Redis did not answer in time".into()))?
-                .map_err(unavailable)?;
-            Ok(())
+            self.run::<i64>(publish).await.map(drop)
+        }
+        .boxed()
+    }
+
+    fn report<'a>(
+        &'a self,
+        node: &'a str,
+        report: String,
+        expires_at: u64,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        async move {
+            let entry = serde_json::json!({ "expiresAt": expires_at, "report": report });
+            let mut cmd = ::redis::cmd("HSET");
+            cmd.arg(self.nodes_key()).arg(node).arg(entry.to_string());
+            self.run::<i64>(cmd).await.map(drop)
+        }
+        .boxed()
+    }
+
+    fn reports(&self) -> BoxFuture<'_, Result<Vec<String>, BrokerError>> {
+        async move {
+            let mut cmd = ::redis::cmd("HGETALL");
+            cmd.arg(self.nodes_key());
+            let all: HashMap<String, String> = self.run(cmd).await?;
+            let now = switchboard_protocol::now_millis();
+            let mut out = Vec::new();
+            let mut dead = Vec::new();
+            for (node, entry) in all {
+                let v: serde_json::Value = serde_json::from_str(&entry).unwrap_or_default();
+                match (v["expiresAt"].as_u64(), v["report"].as_str()) {
+                    (Some(at), Some(report)) if at > now => out.push(report.to_string()),
+                    _ => dead.push(node),
+                }
+            }
+            if !dead.is_empty() {
+                // A node gone for good: its entry goes too.
+                let mut cmd = ::redis::cmd("HDEL");
+                cmd.arg(self.nodes_key()).arg(dead);
+                let _ = self.run::<i64>(cmd).await;
+            }
+            Ok(out)
         }
         .boxed()
     }

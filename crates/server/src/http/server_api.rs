@@ -86,7 +86,8 @@ impl From<Stats> for StatsBody {
     }
 }
 
-/// `getStats` of this node, with its id and the split by transport.
+/// `getStats` of this node, with its id and the split by transport, and in a cluster
+/// the same of every node.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdminStats {
@@ -94,6 +95,17 @@ pub struct AdminStats {
     #[serde(flatten)]
     stats: StatsBody,
     transports: Transports,
+    /// Every node of the cluster, this one included (as last reported; a node reports
+    /// every `sse.stats_interval_secs`); only this node when it runs alone.
+    cluster: ClusterStats,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterStats {
+    nodes: Vec<crate::hub::NodeReport>,
+    /// Connections of every node.
+    total_clients: u64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -109,6 +121,7 @@ pub struct Transports {
     responses((status = 200, body = AdminStats), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 pub async fn admin_stats(_: ApiKey, State(app): State<App>) -> Json<AdminStats> {
     let hub = &app.hub;
+    let nodes = hub.cluster_reports().await;
     Json(AdminStats {
         node_id: hub.settings().node_id.clone(),
         stats: hub.stats(None).into(),
@@ -116,6 +129,10 @@ pub async fn admin_stats(_: ApiKey, State(app): State<App>) -> Json<AdminStats> 
             websocket: hub.connections_on(Wire::WebSocket),
             sse: hub.connections_on(Wire::Sse),
             socketio: hub.connections_on(Wire::SocketIo) + hub.connections_on(Wire::SocketIoRtc),
+        },
+        cluster: ClusterStats {
+            total_clients: nodes.iter().map(|n| n.total_clients).sum(),
+            nodes,
         },
     })
 }

@@ -118,6 +118,22 @@ pub struct HubParts {
     pub files: Arc<crate::files::Files>,
 }
 
+/// One node as the cluster sees it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    pub node_id: String,
+    pub total_clients: u64,
+    pub websocket: u64,
+    pub sse: u64,
+    pub socketio: u64,
+    /// Rooms with a member on the node.
+    pub total_rooms: usize,
+    pub uptime: u64,
+    /// When the node made this report (Unix ms).
+    pub timestamp: u64,
+}
+
 /// The original design's getStats: connections and rooms of this node.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -702,6 +718,57 @@ impl Hub {
             total_rooms: clients_by_room.len(),
             clients_by_room,
         }
+    }
+
+    /// What this node reports to the others (`/admin/stats`).
+    pub fn node_report(&self) -> NodeReport {
+        NodeReport {
+            node_id: self.inner.settings.node_id.clone(),
+            total_clients: self.connections(),
+            websocket: self.connections_on(Wire::WebSocket),
+            sse: self.connections_on(Wire::Sse),
+            socketio: self.connections_on(Wire::SocketIo) + self.connections_on(Wire::SocketIoRtc),
+            total_rooms: self
+                .local_rooms()
+                .iter()
+                .filter(|r| !r.room.starts_with(PERSONAL_ROOM_PREFIX))
+                .count(),
+            uptime: self.uptime_secs(),
+            timestamp: now_millis(),
+        }
+    }
+
+    /// Leaves this node's report for the others, valid for `ttl`.
+    pub async fn report_node(&self, ttl: std::time::Duration) {
+        let report = self.node_report();
+        let json = serde_json::to_string(&report).expect("a report serializes");
+        let expires = report.timestamp + ttl.as_millis() as u64;
+        if let Err(e) = self
+            .broker()
+            .report(&self.inner.settings.node_id, json, expires)
+            .await
+        {
+            tracing::warn!(error = %e, "reporting this node failed");
+        }
+    }
+
+    /// Every node's latest report, this one's fresh, sorted by node id.
+    pub async fn cluster_reports(&self) -> Vec<NodeReport> {
+        let me = self.node_report();
+        let mut out: Vec<NodeReport> = match self.broker().reports().await {
+            Ok(reports) => reports
+                .iter()
+                .filter_map(|r| serde_json::from_str::<NodeReport>(r).ok())
+                .filter(|r| r.node_id != me.node_id)
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the other nodes' reports failed");
+                Vec::new()
+            }
+        };
+        out.push(me);
+        out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        out
     }
 
     /// The periodic `stats` event on `system`: totals only (room ids are the server

@@ -1,6 +1,7 @@
 //! Shared test helpers: a real server on a real port, and a real WebSocket client.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod sio;
 
 use std::net::SocketAddr;
