@@ -29,6 +29,7 @@ pub(crate) async fn open(
     config: &Config,
     commits: CommitLog,
     metrics: Arc<Metrics>,
+    tracker: &tokio_util::task::TaskTracker,
 ) -> Result<Parts, StartError> {
     let c = &config.cluster;
     let store_options = SqliteOptions {
@@ -67,6 +68,7 @@ pub(crate) async fn open(
                         timeout,
                     },
                     key,
+                    tracker.clone(),
                 );
                 (
                     Arc::new(broker),

@@ -120,7 +120,8 @@ impl ServerBuilder {
         let verifier = auth::Verifier::new(&config.auth)?;
         let metrics = Arc::new(metrics::Metrics::new());
         let (commits, commit_log) = tokio::sync::mpsc::channel(COMMIT_LOG);
-        let parts = cluster::open(&config, commits, metrics.clone()).await?;
+        let tracker = TaskTracker::new();
+        let parts = cluster::open(&config, commits, metrics.clone(), &tracker).await?;
         let cluster::Parts {
             store,
             broker,
@@ -147,7 +148,6 @@ impl ServerBuilder {
                     addr: config.listen,
                     source,
                 })?;
-        let tracker = TaskTracker::new();
         let socketio = transport::socketio::Engine::for_hub_with(
             hub.clone(),
             &config,

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub publish_latency: Histogram,
     pub store_commit_latency: Histogram,
     pub store_batch_size: Histogram,
+    pub broker_received: Counter,
+    pub gap_filled: Counter,
 }
 
 /// Every metric name, with its help text: what docs/operations.md lists.
@@ -88,6 +90,14 @@ pub const NAMES: &[(&str, &str)] = &[
         "switchboard_store_batch_size",
         "messages per store transaction",
     ),
+    (
+        "switchboard_broker_received_total",
+        "room events this node received from the cluster's broker (Redis)",
+    ),
+    (
+        "switchboard_gap_filled_total",
+        "durable messages read from the store to fill a gap in a room's order",
+    ),
 ];
 
 fn meta() -> Metadata<'static> {
@@ -138,6 +148,8 @@ impl Metrics {
             files_uploaded: counter("switchboard_files_uploaded_total"),
             file_bytes_uploaded: counter("switchboard_file_bytes_uploaded_total"),
             publish_latency: histogram("switchboard_publish_latency_seconds"),
+            broker_received: counter("switchboard_broker_received_total"),
+            gap_filled: counter("switchboard_gap_filled_total"),
             store_commit_latency: histogram("switchboard_store_commit_latency_seconds"),
             store_batch_size: histogram("switchboard_store_batch_size"),
         }

@@ -84,7 +84,7 @@ impl Fanout {
                 let worker = Worker {
                     rooms: rooms.clone(),
                     metrics: metrics.clone(),
-                    lines: store.clone().map(Lines::new),
+                    lines: store.clone().map(|s| Lines::new(s, metrics.clone())),
                 };
                 tokio::spawn(worker.run(rx));
                 tx
@@ -291,6 +291,7 @@ struct RoomLines {
 
 struct Lines {
     store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
     rooms: HashMap<Arc<str>, RoomLines>,
     /// Rooms with a line waiting (held messages).
     waiting: std::collections::HashSet<Arc<str>>,
@@ -298,9 +299,10 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(store: Arc<dyn Store>) -> Lines {
+    fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Lines {
         Lines {
             store,
+            metrics,
             rooms: HashMap::new(),
             waiting: Default::default(),
             swept: Instant::now(),
@@ -326,6 +328,7 @@ impl Lines {
     }
 
     async fn arrive(&mut self, env: Envelope, out: &mut Out) {
+        self.metrics.broker_received.increment(1);
         let (Some(offset), Some(history)) = (env.event.offset(), env.event.history_room()) else {
             // Ephemeral, or a position of no history: as it comes.
             out.push(env);
@@ -494,6 +497,7 @@ impl Lines {
         out: &mut Out,
     ) {
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         let lines = self.room(room);
         let line = match history {
             None => &mut lines.own,
@@ -542,6 +546,7 @@ impl Lines {
                 tracing::error!(room = %line.history, from = line.next, to = upto, "offsets skipped");
                 line.next = upto + 1;
             }
+            metrics.gap_filled.increment(filled);
             tracing::debug!(room = %line.history, filled, "gap filled from the store");
         }
         line.waiting = None;

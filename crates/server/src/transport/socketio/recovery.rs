@@ -72,6 +72,8 @@ pub struct Stashes {
     key: Vec<u8>,
     /// In a cluster: stashes in Redis, not in `map`.
     shared: Option<SharedStashes>,
+    /// Writes to Redis run here, so that a drain waits for them.
+    tracker: tokio_util::task::TaskTracker,
 }
 
 /// Stashes kept in Redis, for every node.
@@ -89,6 +91,7 @@ impl Default for Stashes {
             map: Mutex::default(),
             key: rand::random::<[u8; 32]>().to_vec(),
             shared: None,
+            tracker: Default::default(),
         }
     }
 }
@@ -207,11 +210,18 @@ impl SharedStashes {
 
 impl Stashes {
     /// Stashes in Redis, pids signed with `key` (the same on every node).
-    pub fn shared(shared: SharedStashes, key: Vec<u8>) -> Stashes {
+    /// Stashes are written by tasks of `tracker` (the server's, which a drain waits
+    /// for).
+    pub fn shared(
+        shared: SharedStashes,
+        key: Vec<u8>,
+        tracker: tokio_util::task::TaskTracker,
+    ) -> Stashes {
         Stashes {
             map: Mutex::default(),
             key,
             shared: Some(shared),
+            tracker,
         }
     }
 
@@ -253,7 +263,8 @@ impl Stashes {
         // Driven now, whether or not the client comes back.
         tokio::spawn(capture.clone());
         if let Some(shared) = &self.shared {
-            tokio::spawn(shared.clone().keep(pid, user, capture, window, client_id));
+            self.tracker
+                .spawn(shared.clone().keep(pid, user, capture, window, client_id));
             return;
         }
         let stash = Stash {
