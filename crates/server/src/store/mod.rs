@@ -7,6 +7,7 @@
 //! acknowledges it: delivery order equals offset order, and the store never calls the
 //! broker. The trait assumes nothing of SQLite: PostgreSQL implements it the same way.
 
+mod postgres;
 mod records;
 mod sqlite;
 mod users;
@@ -18,6 +19,7 @@ use futures_util::stream::BoxStream;
 use serde_json::Value;
 use switchboard_protocol::{HistoryRange, UserInfo};
 
+pub use postgres::{PostgresOptions, PostgresStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 pub use users::{
     FileRecord, MemberRecord, NewEntry, NotificationRecord, PushRecord, UserRecord, UserStore,
