@@ -11,9 +11,14 @@ use crate::config::Config;
 use crate::files::{Files, PostgresStorage, shared_url_key};
 use crate::metrics::Metrics;
 use crate::presence::{MemoryPresence, Presence};
-use crate::store::{CommitLog, SqliteOptions, SqliteStore, Store};
+use crate::store::{
+    CommitLog, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store,
+};
 use crate::transport::socketio::recovery::{SharedStashes, Stashes};
 
+/// How long a store operation waits for PostgreSQL before it fails (no hang while the
+/// database is down).
+const STORE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Connections to PostgreSQL for file bytes, per node.
 const FILE_CONNECTIONS: u32 = 4;
 
@@ -32,13 +37,26 @@ pub(crate) async fn open(
     tracker: &tokio_util::task::TaskTracker,
 ) -> Result<Parts, StartError> {
     let c = &config.cluster;
-    let store_options = SqliteOptions {
-        dir: config.data_dir.clone(),
-        synchronous_full: config.store.synchronous == "full",
-        dedupe_window: Duration::from_secs(config.store.dedupe_window_secs),
+    let dedupe_window = Duration::from_secs(config.store.dedupe_window_secs);
+    let store: Arc<dyn Store> = match &c.database_url {
+        None => {
+            let options = SqliteOptions {
+                dir: config.data_dir.clone(),
+                synchronous_full: config.store.synchronous == "full",
+                dedupe_window,
+            };
+            Arc::new(SqliteStore::open(&options, commits, metrics.clone()).await?)
+        }
+        Some(url) => {
+            let options = PostgresOptions {
+                url: url.clone(),
+                dedupe_window,
+                max_connections: c.database_max_connections,
+                acquire_timeout: STORE_TIMEOUT,
+            };
+            Arc::new(PostgresStore::open(&options, commits, metrics.clone()).await?)
+        }
     };
-    let store: Arc<dyn Store> =
-        Arc::new(SqliteStore::open(&store_options, commits, metrics.clone()).await?);
     let files = open_files(config, store.clone()).await?;
     let timeout = Duration::from_millis(c.redis_timeout_ms);
     let (broker, presence, stashes): (Arc<dyn Broker>, Arc<dyn Presence>, Stashes) =

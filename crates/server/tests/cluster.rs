@@ -242,3 +242,352 @@ async fn users_on_different_nodes_reach_each_other() {
     assert_eq!(r.status(), 200);
     assert_eq!(alice.expect_close().await.0, 1000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_native_client_recovers_by_offset_on_another_node() {
+    let db = Database::create();
+    let cluster = Cluster::start(2, SHARED_REDIS, &db.url, ENV).await;
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let mut alice = Client::connect(&n1.ws(&token("alice"))).await;
+    alice.next_of("connected").await;
+    let joined = alice.join("recov").await;
+    let epoch = joined["data"]["epoch"].as_str().unwrap().to_string();
+    let mut bob = member(&n2.ws(&token("bob")), "recov").await;
+    bob.request("send_message", json!({"roomId": "recov", "content": "m1"}))
+        .await;
+    let seen = alice.next_of("new_message").await["data"]["offset"]
+        .as_u64()
+        .unwrap();
+    drop(alice);
+    for i in 2..=6 {
+        bob.request(
+            "send_message",
+            json!({"roomId": "recov", "content": format!("m{i}")}),
+        )
+        .await;
+    }
+    for _ in 2..=6 {
+        bob.next_of("new_message").await;
+    }
+    // Back through the other node, from the offset it saw.
+    let mut alice = Client::connect(&n2.ws(&token("alice"))).await;
+    alice.next_of("connected").await;
+    alice
+        .request(
+            "join_room",
+            json!({"roomId": "recov", "since": seen, "epoch": epoch, "exclusive": false}),
+        )
+        .await;
+    let joined = alice.next_of("room_joined").await;
+    assert_eq!(joined["data"]["recovered"], true, "{joined}");
+    let mut got = Vec::new();
+    for _ in 2..=6 {
+        got.push(alice.next_of("new_message").await["data"]["content"].clone());
+    }
+    assert_eq!(got, ["m2", "m3", "m4", "m5", "m6"]);
+    alice.expect_silence(300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sse_stream_resumes_on_another_node_with_last_event_id() {
+    let db = Database::create();
+    let cluster = Cluster::start(2, SHARED_REDIS, &db.url, ENV).await;
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let url = |n: &common::cluster::Node| {
+        n.http(&format!("/events?channels=feed&token={}", token("reader")))
+    };
+    let mut sse = common::SseClient::open_url(&url(n1), None).await;
+    sse.next_of("connected").await;
+    let mut bob = member(&n2.ws(&token("bob")), "feed").await;
+    bob.request("send_message", json!({"roomId": "feed", "content": "e1"}))
+        .await;
+    let first = sse.next_of("new_message").await;
+    let last_id = first.id.clone().expect("durable events have an id");
+    drop(sse);
+    for i in 2..=4 {
+        bob.request(
+            "send_message",
+            json!({"roomId": "feed", "content": format!("e{i}")}),
+        )
+        .await;
+        bob.next_of("new_message").await;
+    }
+    let mut sse = common::SseClient::open_url(&url(n2), Some(&last_id)).await;
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let e = sse.next().await;
+        if e.event == "new_message" {
+            got.push(e.data["content"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(got, ["e2", "e3", "e4"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_socketio_client_recovers_its_state_on_another_node_after_a_drain() {
+    let db = Database::create();
+    let mut cluster = Cluster::start(2, SHARED_REDIS, &db.url, ENV).await;
+    let lb = cluster.balancer().await;
+    let mut sio = common::sio::Sio::start().await;
+    // WebSocket only: no stickiness needed at the balancer.
+    let opts = json!({"transports": ["websocket"], "reconnectionDelay": 300,
+        "reconnectionDelayMax": 300, "randomizationFactor": 0});
+    let hello = sio.open("a", lb.addr, &token("alice"), opts).await;
+    let sid = hello["sid"].clone();
+    sio.call("a", "join_room", json!({"roomId": "roll"})).await;
+    // Which node holds it: the one whose /health counts a connection.
+    let mut holder = None;
+    for (i, n) in cluster.nodes.iter().enumerate() {
+        let h: Value = reqwest::get(n.http("/health")).await.unwrap().json().await.unwrap();
+        if h["connections"].as_u64() == Some(1) {
+            holder = Some(i);
+        }
+    }
+    let holder = holder.expect("one node holds the socket");
+    let other = 1 - holder;
+    let mut bob = member(&cluster.node(other).ws(&token("bob")), "roll").await;
+    bob.request("send_message", json!({"roomId": "roll", "content": "r1"}))
+        .await;
+    assert_eq!(sio.event("a", "new_message").await[0]["content"], "r1");
+    // A rolling restart of the node that holds it.
+    cluster.nodes[holder].signal("-TERM");
+    sio.record("a", "disconnect").await;
+    for c in ["r2", "r3"] {
+        bob.request("send_message", json!({"roomId": "roll", "content": c}))
+            .await;
+    }
+    bob.request(
+        "send_private_message",
+        json!({"recipientId": "alice", "content": "psst"}),
+    )
+    .await;
+    let again = sio.record("a", "connect").await;
+    assert_eq!(again["recovered"], true, "{again}");
+    assert_eq!(again["sid"], sid);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let rec = sio
+            .first(|r| {
+                r["id"] == "a" && (r["event"] == "new_message" || r["event"] == "private_message")
+            })
+            .await;
+        got.push(rec["args"][0]["content"].as_str().unwrap().to_string());
+    }
+    assert_eq!(got.iter().filter(|c| c.starts_with('r')).collect::<Vec<_>>(), ["r2", "r3"]);
+    assert!(got.contains(&"psst".to_string()), "{got:?}");
+    assert!(cluster.nodes[holder].wait_exit().await.unwrap().success());
+}
+
+/// A publisher that keeps going through faults: each message is sent with its
+/// `clientMessageId` until acknowledged (after an error it is sent again; after a
+/// close the publisher reconnects through the balancer, rejoins and sends it again),
+/// so that every message is acknowledged once and stored once.
+async fn resilient_publisher(lb: String, user: String, room: String, count: usize) -> Acked {
+    let mut acked = Vec::new();
+    let mut conn: Option<Client> = None;
+    let mut i = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while i < count {
+        assert!(tokio::time::Instant::now() < deadline, "{user} stuck at {i}");
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => {
+                match try_member(&format!("{lb}{}", token(&user)), &room).await {
+                    Some(c) => conn = Some(c),
+                    None => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+                continue;
+            }
+        };
+        let frame = json!({"type": "send_message", "ref": i,
+            "data": {"roomId": room, "content": format!("{user}-{i}"),
+                     "clientMessageId": format!("{user}-{i}")}});
+        if c.ws.send(Message::text(frame.to_string())).await.is_err() {
+            conn = None;
+            continue;
+        }
+        match answer(c, i).await {
+            Some(Ok((id, offset))) => {
+                acked.push((id, offset));
+                i += 1;
+            }
+            // Refused (something is down): the same message again, a moment later.
+            Some(Err(())) => tokio::time::sleep(Duration::from_millis(50)).await,
+            None => conn = None,
+        }
+    }
+    acked
+}
+
+/// Connects and joins, or None if the connection or the join fails.
+async fn try_member(url: &str, room: &str) -> Option<Client> {
+    let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::connect_async(url))
+        .await
+        .ok()?
+        .ok()?;
+    let mut c = Client { ws, client_id: String::new() };
+    let join = json!({"type": "join_room", "data": {"roomId": room, "exclusive": false}});
+    c.ws.send(Message::text(join.to_string())).await.ok()?;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(5), c.ws.next()).await.ok()??.ok()?;
+        if let Message::Text(t) = msg {
+            let v: Value = serde_json::from_str(&t).ok()?;
+            match v["type"].as_str() {
+                Some("room_joined") => return Some(c),
+                Some("error") => return None,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The ack (id, offset) or error answering `ref`, or None if the connection ended.
+async fn answer(c: &mut Client, r: usize) -> Option<Result<(String, u64), ()>> {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), c.ws.next())
+            .await
+            .ok()??
+            .ok()?;
+        let Message::Text(t) = msg else {
+            if let Message::Close(_) = msg {
+                return None;
+            }
+            continue;
+        };
+        let v: Value = serde_json::from_str(&t).ok()?;
+        if v["ref"] != r {
+            continue;
+        }
+        return Some(match v["type"].as_str() {
+            Some("ack") => Ok((
+                v["data"]["id"].as_str()?.to_string(),
+                v["data"]["offset"].as_u64()?,
+            )),
+            _ => Err(()),
+        });
+    }
+}
+
+/// A subscriber that stays on one node: every offset of the room once, in order.
+async fn watch(mut c: Client, upto: tokio::sync::watch::Receiver<u64>) -> Vec<u64> {
+    let mut seen = Vec::new();
+    loop {
+        let target = *upto.borrow();
+        if target > 0 && seen.last() == Some(&target) {
+            return seen;
+        }
+        let v = tokio::time::timeout(Duration::from_secs(60), c.next_of("new_message"))
+            .await
+            .expect("the subscriber keeps receiving");
+        seen.push(v["data"]["offset"].as_u64().unwrap());
+    }
+}
+
+/// What goes wrong in the middle of the load.
+enum Fault {
+    KillNode,
+    DrainNode,
+    RestartRedis,
+    RestartPostgres,
+}
+
+/// Three nodes behind HAProxy, three publishers through it and a subscriber on node 1
+/// (never the one hurt); the fault strikes once a third of the messages are acked.
+/// Afterwards: every acked message is stored once at its offset, the offsets have no
+/// gap, and the subscriber saw each offset once, in order.
+async fn survive(fault: Fault) {
+    let mut redis = common::cluster::PrivateRedis::start().await;
+    let pg = match fault {
+        Fault::RestartPostgres => Some(common::cluster::PrivatePostgres::start().await),
+        _ => None,
+    };
+    let db = match &pg {
+        Some(pg) => Database::create_on(&pg.server()),
+        None => Database::create(),
+    };
+    let mut cluster = Cluster::start(3, &redis.url(), &db.url, ENV).await;
+    let lb = cluster.balancer().await;
+    let sub = member(&cluster.node(0).ws(&token("watcher")), "load").await;
+    let (upto_tx, upto) = tokio::sync::watch::channel(0u64);
+    let watcher = tokio::spawn(watch(sub, upto));
+    const EACH: usize = 120;
+    let base = format!("ws://{}/ws?token=", lb.addr);
+    let publishers: Vec<_> = (0..3)
+        .map(|p| {
+            tokio::spawn(resilient_publisher(
+                base.clone(),
+                format!("pub{p}"),
+                "load".into(),
+                EACH,
+            ))
+        })
+        .collect();
+    // Strike once a third is stored.
+    let count = || db.sql("SELECT COALESCE(MAX(head), 0) FROM rooms WHERE room = 'load'");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while count().parse::<u64>().unwrap_or(0) < (EACH as u64) {
+        assert!(tokio::time::Instant::now() < deadline, "no progress before the fault");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match fault {
+        Fault::KillNode => cluster.nodes[2].signal("-KILL"),
+        Fault::DrainNode => {
+            cluster.nodes[2].signal("-TERM");
+            let status = cluster.nodes[2].wait_exit().await.unwrap();
+            assert!(status.success(), "a drain exits 0: {status:?}");
+        }
+        Fault::RestartRedis => {
+            redis.down();
+            cluster.node(0).wait_ready(503).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            redis.up().await;
+            cluster.node(0).wait_ready(200).await;
+        }
+        Fault::RestartPostgres => {
+            let pg = pg.as_ref().unwrap();
+            pg.down();
+            cluster.node(0).wait_ready(503).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            pg.up().await;
+            cluster.node(0).wait_ready(200).await;
+        }
+    }
+    let mut acked = Vec::new();
+    for p in publishers {
+        acked.extend(p.await.unwrap());
+    }
+    assert_eq!(acked.len(), 3 * EACH, "every message was acknowledged");
+    let history = history(&cluster.node(0).http(""), "load", "watcher").await;
+    audit(&acked, &history);
+    // Retried sends were stored once: one message per clientMessageId.
+    assert_eq!(history.len(), 3 * EACH, "a retried message was stored twice");
+    let last = *history.keys().last().unwrap();
+    upto_tx.send(last).unwrap();
+    let seen = tokio::time::timeout(Duration::from_secs(60), watcher)
+        .await
+        .expect("the subscriber catches up")
+        .unwrap();
+    assert_eq!(seen, (1..=last).collect::<Vec<_>>(), "the subscriber's order");
+    drop(lb);
+    drop(cluster);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_under_load_loses_no_acknowledged_message() {
+    survive(Fault::KillNode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_drained_under_load_loses_no_acknowledged_message() {
+    survive(Fault::DrainNode).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarted_under_load_loses_no_acknowledged_message() {
+    survive(Fault::RestartRedis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_restarted_under_load_loses_no_acknowledged_message() {
+    survive(Fault::RestartPostgres).await;
+}
