@@ -10,13 +10,15 @@
 //! through [`Presence::reap`].
 
 mod memory;
+mod redis;
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use switchboard_protocol::{Member, UserInfo};
 
-pub use memory::MemoryPresence;
+pub use self::memory::MemoryPresence;
+pub use self::redis::{RedisPresence, RedisPresenceOptions};
 
 /// One connection of a user, as presence records it.
 #[derive(Debug, Clone, Copy)]
