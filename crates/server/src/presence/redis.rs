@@ -209,7 +209,8 @@ impl Inner {
 }
 
 /// Undoes an operation whose future did not resolve `Ok` (it failed, timed out or was
-/// dropped): such an operation has not happened, whatever Redis did with it.
+/// dropped): such an operation has not happened, whatever Redis did with it. A connect
+/// of a known device or a join of a room already joined changed nothing: not undone.
 struct Undo<'a> {
     inner: &'a Inner,
     client: Arc<str>,
@@ -273,21 +274,24 @@ impl Presence for RedisPresence {
             .arg(&inner.inst)
             .arg(inner.ttl_ms)
             .arg(inner.keep_ms);
-        let rx = {
+        let (rx, fresh) = {
             let mut shard = inner.local.shard(client).lock();
             let rx = match inner.send(cmd) {
                 Ok(rx) => rx,
                 Err(e) => return failed(e),
             };
-            shard.conn(client, uid, &user, device.transport).device = true;
-            rx
+            let conn = shard.conn(client, uid, &user, device.transport);
+            let fresh = !conn.device;
+            conn.device = true;
+            (rx, fresh)
         };
+        // Only what this call added is undone.
         let undo = Undo {
             inner,
             client: client.clone(),
             uid: uid.into(),
             room: None,
-            armed: true,
+            armed: fresh,
         };
         let timeout = inner.timeout.get();
         async move {
@@ -329,24 +333,25 @@ impl Presence for RedisPresence {
             .arg(&inner.inst)
             .arg(inner.ttl_ms)
             .arg(inner.keep_ms);
-        let rx = {
+        let (rx, fresh) = {
             let mut shard = inner.local.shard(client).lock();
             let rx = match inner.send(cmd) {
                 Ok(rx) => rx,
                 Err(e) => return failed(e),
             };
             let conn = shard.conn(client, uid, &user, device.transport);
-            if !conn.rooms.iter().any(|r| &**r == room) {
+            let fresh = !conn.rooms.iter().any(|r| &**r == room);
+            if fresh {
                 conn.rooms.push(room.into());
             }
-            rx
+            (rx, fresh)
         };
         let undo = Undo {
             inner,
             client: client.clone(),
             uid: uid.into(),
             room: Some(room.into()),
-            armed: true,
+            armed: fresh,
         };
         let timeout = inner.timeout.get();
         async move {
