@@ -6,16 +6,19 @@
 //! shared presence is a network call away), removals are fire-and-forget so that they
 //! can run on every exit path (a `Drop` included), counts never list everyone, and
 //! pages go by cursor. A shared implementation keeps entries alive with
-//! [`Presence::heartbeat`] and lets a dead node's entries expire.
+//! [`Presence::heartbeat`], lets a dead node's entries expire, and removes them once
+//! through [`Presence::reap`].
 
 mod memory;
+mod redis;
 
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use switchboard_protocol::{Member, UserInfo};
 
-pub use memory::MemoryPresence;
+pub use self::memory::MemoryPresence;
+pub use self::redis::{RedisPresence, RedisPresenceOptions};
 
 /// One connection of a user, as presence records it.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +53,19 @@ pub struct PeerEntry {
     pub user: UserInfo,
     /// When its user joined the room (Unix ms).
     pub joined_at: u64,
+}
+
+/// A device of a dead node, removed from presence by [`Presence::reap`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaped {
+    pub client_id: Arc<str>,
+    pub user: UserInfo,
+    /// `websocket`, `socketio` or `sse`.
+    pub transport: String,
+    /// The rooms it was removed from.
+    pub rooms: Vec<String>,
+    /// Its user has no device left.
+    pub last: bool,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -108,4 +124,11 @@ pub trait Presence: Send + Sync + 'static {
 
     /// Keeps this node's entries alive in a shared presence; called every ping period.
     fn heartbeat(&self) {}
+
+    /// Devices of other nodes that expired since the last call (their node died), removed
+    /// from presence with their rooms. Each is returned to exactly one caller in the
+    /// cluster, with `last: true` if its user has no device left.
+    fn reap(&self) -> Answer<'_, Vec<Reaped>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
 }
