@@ -10,7 +10,7 @@ use crate::broker::{Broker, MemoryBroker, RedisBroker, RedisBrokerOptions};
 use crate::config::Config;
 use crate::files::{Files, PostgresStorage, shared_url_key};
 use crate::metrics::Metrics;
-use crate::presence::{MemoryPresence, Presence};
+use crate::presence::{MemoryPresence, Presence, RedisPresence, RedisPresenceOptions};
 use crate::store::{
     CommitLog, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store,
 };
@@ -88,11 +88,17 @@ pub(crate) async fn open(
                     key,
                     tracker.clone(),
                 );
-                (
-                    Arc::new(broker),
-                    Arc::new(MemoryPresence::default()),
-                    stashes,
+                let presence = RedisPresence::new(
+                    broker.connection(),
+                    RedisPresenceOptions {
+                        prefix: format!("{}p:", c.redis_prefix),
+                        node_id: config.node_id.clone(),
+                        ttl: Duration::from_secs(c.presence_ttl_secs),
+                        heartbeat: Duration::from_secs(config.ws.ping_interval_secs),
+                    },
                 )
+                .with_timeout(timeout);
+                (Arc::new(broker), Arc::new(presence), stashes)
             }
         };
     Ok(Parts {

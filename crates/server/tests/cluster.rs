@@ -591,3 +591,66 @@ async fn redis_restarted_under_load_loses_no_acknowledged_message() {
 async fn postgres_restarted_under_load_loses_no_acknowledged_message() {
     survive(Fault::RestartPostgres).await;
 }
+
+/// PUTs `user`'s contact list through `base`.
+async fn set_contacts(base: &str, user: &str, contacts: &[&str]) {
+    let r = admin()
+        .put(format!("{base}/api/users/{user}/contacts"))
+        .json(&json!({ "contacts": contacts }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_on_two_nodes_stays_online_when_one_dies_and_goes_offline_when_both_are_gone() {
+    let db = Database::create();
+    let mut cluster = Cluster::start(3, SHARED_REDIS, &db.url, ENV).await;
+    set_contacts(&cluster.node(0).http(""), "alice", &["bob"]).await;
+    // Bob watches from node 1; Alice has a device on node 2 and one on node 3.
+    let mut bob = Client::connect(&cluster.node(0).ws(&token("bob"))).await;
+    bob.next_of("connected").await;
+    let mut phone = Client::connect(&cluster.node(1).ws(&token("alice"))).await;
+    phone.next_of("connected").await;
+    let online = bob.next_of("friend_status_update").await;
+    assert_eq!(online["data"]["status"], "online");
+    let mut laptop = Client::connect(&cluster.node(2).ws(&token("alice"))).await;
+    laptop.next_of("connected").await;
+    phone.next_of("device_connected").await;
+    // Node 3 dies: Alice is still online through her phone.
+    cluster.nodes[2].signal("-KILL");
+    cluster.nodes[2].wait_exit().await;
+    drop(laptop);
+    let status = |c: &Cluster| {
+        let url = c.node(0).http("/api/users/alice");
+        async move {
+            let v: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token("bob"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v
+        }
+    };
+    // Past the presence expiry (3 s) and a reap or two, she is still online, and Bob
+    // heard nothing.
+    bob.expect_silence(5000).await;
+    let seen = status(&cluster).await;
+    assert_eq!(seen["status"], "online", "{seen}");
+    // Node 2 dies too: within the expiry and a sweep, Bob hears she is offline.
+    cluster.nodes[1].signal("-KILL");
+    cluster.nodes[1].wait_exit().await;
+    drop(phone);
+    let offline = tokio::time::timeout(Duration::from_secs(10), bob.next_of("friend_status_update"))
+        .await
+        .expect("the offline news comes within the expiry");
+    assert_eq!(offline["data"]["userId"], "alice");
+    assert_eq!(offline["data"]["status"], "offline");
+    let seen = status(&cluster).await;
+    assert_eq!(seen["status"], "offline", "{seen}");
+}

@@ -588,6 +588,7 @@ impl Hub {
             }
         }
         self.presence().heartbeat();
+        self.reap();
     }
 
     /// Every session of this node.

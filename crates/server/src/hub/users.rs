@@ -236,6 +236,46 @@ impl Hub {
         Ok(())
     }
 
+    /// Announces the devices of dead nodes that presence removed (their connections are
+    /// gone without a word): their rooms hear they left, and a user left with no device
+    /// goes offline (its contacts hear it) at once, its grace long past.
+    pub(super) fn reap(&self) {
+        let hub = self.clone();
+        self.run_detached(async move {
+            let reaped = match hub.presence().reap().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reaping dead nodes' devices failed");
+                    return;
+                }
+            };
+            for dead in reaped {
+                tracing::info!(client = %dead.client_id, user = %dead.user.id, "a dead node's connection removed");
+                let left = Arc::new(Event::new(
+                    "user_disconnected",
+                    &switchboard_protocol::UserDisconnected {
+                        user: dead.user.clone(),
+                        peer_id: dead.client_id.to_string(),
+                        timestamp: now_millis(),
+                    },
+                ));
+                for room in &dead.rooms {
+                    if hub.announces(room).await {
+                        hub.publish_event(Arc::from(room.as_str()), left.clone(), None)
+                            .await;
+                    }
+                }
+                if dead.last && !hub.inner.leaving.contains(&dead.user.id) {
+                    let token = hub.inner.leaving.start(&dead.user.id);
+                    if let Err(e) = hub.went_offline(&dead.user.id, token, now_millis()).await {
+                        tracing::warn!(error = %e, user = %dead.user.id, "recording an offline user failed");
+                    }
+                    hub.inner.leaving.finish(&dead.user.id, token);
+                }
+            }
+        });
+    }
+
     /// A `notification` event per unread entry, to a device that just connected.
     fn deliver_inbox(&self, session: &Arc<Session>) {
         let hub = self.clone();
