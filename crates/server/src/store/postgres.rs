@@ -25,9 +25,12 @@
 //!
 //! When PostgreSQL cannot be reached, statements wait at most `acquire_timeout` for a
 //! connection and fail with [`StoreError::Unavailable`]; the store is then unhealthy
-//! until a statement succeeds again (a probe tries every `PROBE_EVERY`), and while it
-//! is, the writer answers every draft at once with `Unavailable` rather than letting
-//! its queue wait. The pools reconnect by themselves.
+//! until a statement succeeds again (a probe asks at once, then every `PROBE_EVERY`),
+//! and while it is, the writer answers every draft at once with `Unavailable` rather
+//! than letting its queue wait. The pools reconnect by themselves. A connection that
+//! fails during a commit leaves its outcome unknown: the drafts are answered
+//! `Unavailable`, though they may be stored (a retry with the same idempotency key is
+//! then answered as a duplicate).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -40,7 +43,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Row, SqlStr};
 use switchboard_protocol::HistoryRange;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{CommitLog, Gap, Page, Store, StoreError, StoreStats, StoredMessage};
 use crate::metrics::Metrics;
@@ -146,6 +149,9 @@ pub struct PostgresStore {
 #[derive(Default)]
 struct Health {
     down: AtomicBool,
+    /// Wakes the probe when the store turns unhealthy: one connection killed while the
+    /// database is fine costs a moment of refusals, not `PROBE_EVERY`.
+    wake: Notify,
 }
 
 impl Health {
@@ -162,6 +168,7 @@ impl Health {
     fn lost(&self, error: &dyn std::fmt::Display) {
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "PostgreSQL is unreachable");
+            self.wake.notify_one();
         }
     }
 
@@ -299,13 +306,10 @@ impl PostgresStore {
     }
 }
 
-/// While the store is unhealthy, asks the database every `PROBE_EVERY` whether it is
-/// back, so that `/ready` recovers without traffic. Ends with the store.
+/// While the store is unhealthy, asks the database whether it is back: at once, then
+/// every `PROBE_EVERY`, so that `/ready` recovers without traffic. Ends with the store.
 async fn probe(health: Weak<Health>, reads: PgPool) {
-    let mut tick = tokio::time::interval(PROBE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
         let Some(health) = health.upgrade() else {
             return;
         };
@@ -315,6 +319,8 @@ async fn probe(health: Weak<Health>, reads: PgPool) {
         if !health.is_up() {
             health.saw(&sqlx::query("SELECT 1").execute(&reads).await);
         }
+        // A permit is kept if the store turned unhealthy since: no wake-up is lost.
+        let _ = tokio::time::timeout(PROBE_EVERY, health.wake.notified()).await;
     }
 }
 
