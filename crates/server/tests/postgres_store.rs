@@ -1497,7 +1497,7 @@ async fn connections_killed_under_load_fail_some_appends_and_none_hangs() {
             node.store.is_healthy()
         })
         .await;
-        eprintln!("healthy again after {:?}", down.elapsed());
+        let recovered = down.elapsed();
         let after = node.append(draft("r", "after")).await;
         assert!(after.is_ok(), "{after:?}");
         stop.send(()).unwrap();
@@ -1522,7 +1522,7 @@ async fn connections_killed_under_load_fail_some_appends_and_none_hangs() {
             assert!(stored.contains(&c.position.offset));
         }
         eprintln!(
-            "{kills} kills; {} appends, {failed} failed",
+            "{kills} kills; {} appends, {failed} failed; healthy again within {recovered:?}",
             answers.len()
         );
         Arc::into_inner(node).unwrap().close().await;

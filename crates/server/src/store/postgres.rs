@@ -247,10 +247,19 @@ impl PostgresStore {
         let writes = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(opts.acquire_timeout)
-            .connect_lazy_with(connect.clone().options([(
-                "idle_in_transaction_session_timeout",
-                format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
-            )]));
+            .connect_lazy_with(connect.clone().options([
+                (
+                    "idle_in_transaction_session_timeout",
+                    format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
+                ),
+                // What the writer's reasoning assumes, whatever the server's default:
+                // each statement sees what committed before it, and a bump waits for
+                // the room's lock rather than failing to serialize.
+                (
+                    "default_transaction_isolation",
+                    "read committed".to_string(),
+                ),
+            ]));
         let reads = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(opts.acquire_timeout)
