@@ -494,3 +494,21 @@ impl Store for PostgresStore {
         self.counters.stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PostgresOptions;
+
+    #[test]
+    fn options_print_without_credentials() {
+        let opts = PostgresOptions::new("postgres://sb:s3cret@db:5432/switchboard");
+        let printed = format!("{opts:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("postgres://***@db:5432/switchboard"),
+            "{printed}"
+        );
+        let bare = PostgresOptions::new("postgres://db/switchboard");
+        assert!(format!("{bare:?}").contains("postgres://db/switchboard"));
+    }
+}
