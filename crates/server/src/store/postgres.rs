@@ -25,9 +25,12 @@
 //!
 //! When PostgreSQL cannot be reached, statements wait at most `acquire_timeout` for a
 //! connection and fail with [`StoreError::Unavailable`]; the store is then unhealthy
-//! until a statement succeeds again (a probe tries every `PROBE_EVERY`), and while it
-//! is, the writer answers every draft at once with `Unavailable` rather than letting
-//! its queue wait. The pools reconnect by themselves.
+//! until a statement succeeds again (a probe asks at once, then every `PROBE_EVERY`),
+//! and while it is, the writer answers every draft at once with `Unavailable` rather
+//! than letting its queue wait. The pools reconnect by themselves. A connection that
+//! fails during a commit leaves its outcome unknown: the drafts are answered
+//! `Unavailable`, though they may be stored (a retry with the same idempotency key is
+//! then answered as a duplicate).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -40,7 +43,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Row, SqlStr};
 use switchboard_protocol::HistoryRange;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::{CommitLog, Gap, Page, Store, StoreError, StoreStats, StoredMessage};
 use crate::metrics::Metrics;
@@ -146,6 +149,9 @@ pub struct PostgresStore {
 #[derive(Default)]
 struct Health {
     down: AtomicBool,
+    /// Wakes the probe when the store turns unhealthy: one connection killed while the
+    /// database is fine costs a moment of refusals, not `PROBE_EVERY`.
+    wake: Notify,
 }
 
 impl Health {
@@ -162,6 +168,7 @@ impl Health {
     fn lost(&self, error: &dyn std::fmt::Display) {
         if !self.down.swap(true, Ordering::Relaxed) {
             tracing::warn!(%error, "PostgreSQL is unreachable");
+            self.wake.notify_one();
         }
     }
 
@@ -240,10 +247,19 @@ impl PostgresStore {
         let writes = PgPoolOptions::new()
             .max_connections(1)
             .acquire_timeout(opts.acquire_timeout)
-            .connect_lazy_with(connect.clone().options([(
-                "idle_in_transaction_session_timeout",
-                format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
-            )]));
+            .connect_lazy_with(connect.clone().options([
+                (
+                    "idle_in_transaction_session_timeout",
+                    format!("{}ms", IDLE_IN_TRANSACTION.as_millis()),
+                ),
+                // What the writer's reasoning assumes, whatever the server's default:
+                // each statement sees what committed before it, and a bump waits for
+                // the room's lock rather than failing to serialize.
+                (
+                    "default_transaction_isolation",
+                    "read committed".to_string(),
+                ),
+            ]));
         let reads = PgPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(opts.acquire_timeout)
@@ -299,13 +315,10 @@ impl PostgresStore {
     }
 }
 
-/// While the store is unhealthy, asks the database every `PROBE_EVERY` whether it is
-/// back, so that `/ready` recovers without traffic. Ends with the store.
+/// While the store is unhealthy, asks the database whether it is back: at once, then
+/// every `PROBE_EVERY`, so that `/ready` recovers without traffic. Ends with the store.
 async fn probe(health: Weak<Health>, reads: PgPool) {
-    let mut tick = tokio::time::interval(PROBE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
         let Some(health) = health.upgrade() else {
             return;
         };
@@ -315,6 +328,8 @@ async fn probe(health: Weak<Health>, reads: PgPool) {
         if !health.is_up() {
             health.saw(&sqlx::query("SELECT 1").execute(&reads).await);
         }
+        // A permit is kept if the store turned unhealthy since: no wake-up is lost.
+        let _ = tokio::time::timeout(PROBE_EVERY, health.wake.notified()).await;
     }
 }
 
@@ -477,5 +492,23 @@ impl Store for PostgresStore {
 
     fn stats(&self) -> StoreStats {
         self.counters.stats()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PostgresOptions;
+
+    #[test]
+    fn options_print_without_credentials() {
+        let opts = PostgresOptions::new("postgres://sb:s3cret@db:5432/switchboard");
+        let printed = format!("{opts:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(
+            printed.contains("postgres://***@db:5432/switchboard"),
+            "{printed}"
+        );
+        let bare = PostgresOptions::new("postgres://db/switchboard");
+        assert!(format!("{bare:?}").contains("postgres://db/switchboard"));
     }
 }

@@ -362,12 +362,14 @@ fn reopened_push(body: &str, id: &str, count: u64) -> String {
 }
 
 /// What an unread entry `n` shows, read from its room: `s.last`, the offset it counts
-/// to, and `s.d`, the payload of that message (the newest it covers). A private
-/// message's payload has the same `content`, `sender` and `timestamp`.
-const SHOWN: &str = "SELECT l.last, (SELECT m.data::json FROM messages m \
-     WHERE m.room = n.room AND m.seq = l.last) AS d \
-     FROM (SELECT COALESCE(n.last_offset, \
-     (SELECT r.head FROM rooms r WHERE r.room = n.room)) AS last) l";
+/// to, and `s.d`, the payload of that message (the newest it covers); both NULL for a
+/// read entry, which reads nothing. `OFFSET 0` keeps the subquery whole, so a payload
+/// is parsed once rather than once per field. A private message's payload has the
+/// same `content`, `sender` and `timestamp`.
+const SHOWN: &str = "SELECT l.last, m.data::json AS d \
+     FROM (SELECT CASE WHEN n.read THEN NULL ELSE COALESCE(n.last_offset, \
+     (SELECT r.head FROM rooms r WHERE r.room = n.room)) END AS last) l \
+     LEFT JOIN messages m ON m.room = n.room AND m.seq = l.last OFFSET 0";
 /// How many messages since the entry's first offset, and the newest one's content
 /// (first 100 characters), sender and time.
 const COUNT: &str = "n.base_count + s.last - n.first_offset + 1";
@@ -628,7 +630,7 @@ impl UserStore for PostgresStore {
                  CASE WHEN n.read THEN n.sender_name ELSE {SENDER_NAME} END AS sname, \
                  CASE WHEN n.read THEN n.timestamp ELSE {TIMESTAMP} END AS ts \
                  FROM notifications n \
-                 LEFT JOIN LATERAL ({SHOWN} WHERE NOT n.read) s ON true \
+                 CROSS JOIN LATERAL ({SHOWN}) s \
                  WHERE n.user_id = $1 {} ORDER BY n.created_at DESC LIMIT $2",
                 if unread_only { "AND NOT n.read" } else { "" }
             );

@@ -214,6 +214,11 @@ impl Writer {
     async fn commit(&mut self, batch: &mut Vec<(Work, Waiter)>) -> Vec<Commit> {
         let (work, waiters): (Vec<Work>, Vec<Waiter>) = batch.drain(..).unzip();
         let results: Vec<Result<Outcome, StoreError>> = if !self.health.is_up() {
+            // Said once when it turned unhealthy; not again for every batch refused.
+            tracing::debug!(
+                items = work.len(),
+                "PostgreSQL is unreachable: batch refused"
+            );
             let e = StoreError::Unavailable("PostgreSQL is unreachable".into());
             work.iter().map(|_| Err(e.clone())).collect()
         } else {
@@ -225,19 +230,24 @@ impl Writer {
             match written {
                 Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
                 Err(e) if work.len() == 1 || !self.health.is_up() => {
+                    tracing::error!(error = %e, items = work.len(), "store write failed");
                     work.iter().map(|_| Err(e.clone())).collect()
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, items = work.len(), "batch failed; committing its items one by one");
                     let mut results = Vec::with_capacity(work.len());
                     for w in &work {
-                        results.push(if self.health.is_up() {
+                        let result = if self.health.is_up() {
                             self.attempt(std::slice::from_ref(w))
                                 .await
                                 .map(|mut c| c.remove(0))
                         } else {
                             Err(StoreError::Unavailable("PostgreSQL is unreachable".into()))
-                        });
+                        };
+                        if let Err(e) = &result {
+                            tracing::error!(error = %e, "store write failed");
+                        }
+                        results.push(result);
                     }
                     results
                 }
@@ -256,9 +266,6 @@ impl Writer {
         }
         let mut commits = Vec::with_capacity(results.len());
         for (result, waiter) in results.into_iter().zip(waiters) {
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "store write failed");
-            }
             match waiter {
                 Waiter::Append(done) => {
                     let result = result.and_then(|o| match o {
