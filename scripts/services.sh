@@ -78,6 +78,7 @@ services_main() (
   psql_as_postgres() {
     PGCONNECT_TIMEOUT=3 psql -w -X -q -h 127.0.0.1 -p 5432 -U postgres "$@"
   }
+  # shellcheck disable=SC2317 # called through wait_for
   pg_ready() { psql_as_postgres -d postgres -tAc 'SELECT 1' >/dev/null 2>&1; }
 
   pg_state="answering on 127.0.0.1:5432 (left as it is)"
