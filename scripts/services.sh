@@ -32,9 +32,13 @@ services_main() (
       chmod +x "$policy"
       ours=1
     fi
-    local rc=0
-    apt-get install -y -qq --no-install-recommends "$@" >/dev/null || rc=$?
+    # apt's chatter (debconf notes) is shown only when the install fails.
+    local rc=0 log
+    log=$(mktemp)
+    apt-get install -y -qq --no-install-recommends "$@" >"$log" 2>&1 || rc=$?
     if [ "$ours" -eq 1 ]; then rm -f "$policy"; fi
+    if [ "$rc" -ne 0 ]; then cat "$log" >&2; fi
+    rm -f "$log"
     return "$rc"
   }
 

@@ -11,6 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
@@ -23,6 +24,8 @@ const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// The longest `up` may take (the binary is built already) and `down` (three drains).
 const UP_SECS: &str = "120";
 const DOWN_SECS: &str = "60";
+/// The longest the whole cluster test may take; past it the cluster is taken down.
+const CLUSTER_TEST: Duration = Duration::from_secs(300);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -300,7 +303,7 @@ async fn database_exists(name: &str) -> bool {
 /// session (another would answer 400, unknown session), thanks to the cookie HAProxy
 /// set on the handshake.
 async fn socketio_session_keeps_to_its_node(cluster: &Cluster, token: &str) {
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder().timeout(WAIT).build().unwrap();
     let base = format!(
         "http://{}",
         cluster.url("/socket.io/?EIO=4&transport=polling")
@@ -372,6 +375,14 @@ async fn socketio_session_keeps_to_its_node(cluster: &Cluster, token: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_sh_runs_three_nodes_behind_haproxy_and_cleans_up() {
+    // Every command is bounded on its own; this bounds the whole, and a timeout drops
+    // the scenario's Cluster, which runs `down`.
+    tokio::time::timeout(CLUSTER_TEST, cluster_scenario())
+        .await
+        .expect("the cluster test finishes in time");
+}
+
+async fn cluster_scenario() {
     let mut cluster = Cluster::new();
 
     let out = cluster.script("up", UP_SECS);
