@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Services and tools the suite needs are started or installed here: the store is an
-# embedded SQLite file, so the Rust toolchain does most; the key-pair tests use the
+# Services and tools the suite needs are started or installed here: the default store
+# is an embedded SQLite file, so the Rust toolchain does most (the cluster's Redis,
+# PostgreSQL and balancers come from scripts/services.sh below); the key-pair tests use the
 # openssl CLI, the HTTP fuzzing uses Python (schemathesis, installed by its script).
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need openssl || ! need curl || ! need python3; then
@@ -26,6 +27,10 @@ if ! need node || ! need npm; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 (cd crates/server/tests/node && npm ci --no-audit --no-fund --loglevel=error)
+
+# The cluster, store and deploy tests use a real Redis, PostgreSQL (trust, database
+# `test`), HAProxy and nginx: started or installed here when missing.
+scripts/services.sh
 
 # Load and durability tests open many sockets and files.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

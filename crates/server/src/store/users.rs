@@ -85,7 +85,8 @@ pub trait UserStore: Send + Sync {
         limit: u32,
     ) -> BoxFuture<'a, Result<Vec<NotificationRecord>, StoreError>>;
 
-    /// Pushes due at `now`, oldest first.
+    /// Pushes due at `now`, oldest first. A store shared by several nodes claims them
+    /// for a while, so that no two nodes send the same push at once.
     fn due_pushes(
         &self,
         now: u64,

@@ -369,7 +369,7 @@ impl Balancer {
             .map(|n| format!("  server {} {} check\n", n.name, n.addr))
             .collect();
         let config = format!(
-            "global\n  maxconn 20000\n\
+            "global\n  maxconn 8000\n\
              defaults\n  mode http\n  timeout connect 2s\n  timeout client 1h\n  \
              timeout server 1h\n  timeout tunnel 1h\n  option redispatch\n  retries 2\n\
              frontend fe\n  bind 127.0.0.1:{port}\n  default_backend nodes\n\

@@ -242,8 +242,10 @@ impl Client {
 
     /// The next text frame as JSON; panics on a close or after the wait.
     pub async fn next(&mut self) -> Value {
+        // One deadline for the frame, however many pings come first.
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
                 .expect("a frame arrives in time")
                 .expect("the connection is open")

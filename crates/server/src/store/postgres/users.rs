@@ -23,6 +23,9 @@ use crate::store::{
 
 /// Profiles stored per statement when a batch holds many.
 const PROFILES_PER_INSERT: usize = 1024;
+/// How long a claimed push is left to the node that claimed it (longer than a webhook
+/// request may take).
+const PUSH_LEASE_MS: u64 = 60_000;
 /// The first key of the advisory locks taken here (the second is a hash of the id).
 const LOCK_CONTACTS: i32 = 0x5357_0001;
 const LOCK_QUOTA: i32 = 0x5357_0002;
@@ -669,12 +672,18 @@ impl UserStore for PostgresStore {
         async move {
             let rows: Vec<(i64, String, i32)> = self
                 .reading(
+                    // Claimed, not only read: every node runs a pusher, and a push
+                    // claimed by one is skipped by the others until its lease ends
+                    // (then another node retries it, if this one died meanwhile).
                     sqlx::query_as(
-                        "SELECT id, body, attempts FROM pushes WHERE next_at <= $1 \
-                         ORDER BY next_at, id LIMIT $2",
+                        "UPDATE pushes SET next_at = $3 WHERE id IN (\
+                         SELECT id FROM pushes WHERE next_at <= $1 \
+                         ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                         RETURNING id, body, attempts",
                     )
                     .bind(super::bind_offset(now))
                     .bind(i64::from(limit))
+                    .bind(super::bind_offset(now + PUSH_LEASE_MS))
                     .fetch_all(&self.reads),
                 )
                 .await?;
