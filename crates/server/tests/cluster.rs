@@ -729,3 +729,56 @@ async fn a_publish_lost_or_crossed_between_nodes_is_put_back_in_order_from_the_s
         assert_eq!(next["data"]["offset"], 4);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_uploaded_on_one_node_is_downloaded_from_another() {
+    let db = Database::create();
+    let cluster = Cluster::start(2, SHARED_REDIS, &db.url, ENV).await;
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    // Not an image: text, larger than a storage chunk (256 KiB), so it spans several.
+    let bytes: Vec<u8> = (0..700_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let http = reqwest::Client::new();
+    let file: Value = http
+        .post(n1.http("/api/files"))
+        .bearer_auth(token("alice"))
+        .header("content-type", "text/plain")
+        .header("x-file-name", "notes.txt")
+        .body(bytes.clone())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = file["id"].as_str().expect("uploaded").to_string();
+    let mut alice = member(&n1.ws(&token("alice")), "share").await;
+    let mut bob = member(&n2.ws(&token("bob")), "share").await;
+    alice
+        .send(json!({"type": "share_file", "data": {"roomId": "share", "fileId": id}, "ref": 1}))
+        .await;
+    alice.next_of("ack").await;
+    let shared = bob.next_of("new_message").await;
+    // Bob, a member on node 2, downloads it there: whole, and by a range.
+    let got = http
+        .get(n2.http(&format!("/api/files/{id}")))
+        .bearer_auth(token("bob"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), bytes.as_slice());
+    let part = http
+        .get(n2.http(&format!("/api/files/{id}")))
+        .bearer_auth(token("bob"))
+        .header("range", "bytes=262140-262150")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(part.bytes().await.unwrap().as_ref(), &bytes[262_140..=262_150]);
+    // The signed link node 1 made works on node 2.
+    let url = shared["data"]["content"]["url"].as_str().unwrap();
+    let link = http.get(n2.http(url)).send().await.unwrap();
+    assert_eq!(link.status(), 200);
+    assert_eq!(link.bytes().await.unwrap().len(), bytes.len());
+}
