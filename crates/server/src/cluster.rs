@@ -11,9 +11,7 @@ use crate::config::Config;
 use crate::files::{Files, PostgresStorage, shared_url_key};
 use crate::metrics::Metrics;
 use crate::presence::{MemoryPresence, Presence, RedisPresence, RedisPresenceOptions};
-use crate::store::{
-    CommitLog, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store,
-};
+use crate::store::{CommitLog, PostgresOptions, PostgresStore, SqliteOptions, SqliteStore, Store};
 use crate::transport::socketio::recovery::{SharedStashes, Stashes};
 
 /// How long a store operation waits for PostgreSQL before it fails (no hang while the
@@ -134,7 +132,9 @@ async fn open_files(config: &Config, store: Arc<dyn Store>) -> Result<Files, Sta
         Some(secret) => secret.as_bytes().to_vec(),
         None => shared_url_key(&pool).await.map_err(StartError::Files)?,
     };
-    let storage = PostgresStorage::open(pool).await.map_err(StartError::Files)?;
+    let storage = PostgresStorage::open(pool)
+        .await
+        .map_err(StartError::Files)?;
     Ok(Files::open_with(
         Arc::new(storage),
         key,

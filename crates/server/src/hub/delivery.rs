@@ -84,7 +84,9 @@ impl Fanout {
                 let worker = Worker {
                     rooms: rooms.clone(),
                     metrics: metrics.clone(),
-                    lines: store.clone().map(|s| Lines::new(s, metrics.clone())),
+                    lines: store
+                        .clone()
+                        .map(|s| Lines::new(s, metrics.clone(), rooms.clone())),
                 };
                 tokio::spawn(worker.run(rx));
                 tx
@@ -292,6 +294,8 @@ struct RoomLines {
 struct Lines {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// Who is where on this node: a room nobody is in loses its lines when idle.
+    index: Arc<RoomIndex>,
     rooms: HashMap<Arc<str>, RoomLines>,
     /// Rooms with a line waiting (held messages).
     waiting: std::collections::HashSet<Arc<str>>,
@@ -299,10 +303,11 @@ struct Lines {
 }
 
 impl Lines {
-    fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Lines {
+    fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>, index: Arc<RoomIndex>) -> Lines {
         Lines {
             store,
             metrics,
+            index,
             rooms: HashMap::new(),
             waiting: Default::default(),
             swept: Instant::now(),
@@ -458,11 +463,17 @@ impl Lines {
         }
         if now >= self.swept + LINE_IDLE {
             self.swept = now;
+            let idle = |l: &Line| l.waiting.is_none() && now - l.touched >= LINE_IDLE;
             for lines in self.rooms.values_mut() {
-                lines
-                    .conversations
-                    .retain(|_, l| l.waiting.is_some() || now - l.touched < LINE_IDLE);
+                lines.conversations.retain(|_, l| !idle(l));
             }
+            // A room this node no longer has anyone in (what came after its
+            // unsubscription, say) is forgotten once idle; one with members keeps its
+            // line, however quiet.
+            let index = &self.index;
+            self.rooms.retain(|room, l| {
+                !(idle(&l.own) && l.conversations.is_empty() && index.member_count(room) == 0)
+            });
         }
     }
 

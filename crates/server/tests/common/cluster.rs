@@ -44,7 +44,10 @@ impl Database {
     /// A fresh database on the server at `server` (`postgres://user@host:port`).
     pub fn create_on(server: &str) -> Database {
         let name = format!("sb_{}", uuid::Uuid::new_v4().simple());
-        psql(&format!("{server}/postgres"), &format!("CREATE DATABASE {name}"));
+        psql(
+            &format!("{server}/postgres"),
+            &format!("CREATE DATABASE {name}"),
+        );
         Database {
             url: format!("{server}/{name}"),
             server: server.to_string(),
@@ -122,7 +125,10 @@ impl PrivateRedis {
             if pong {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "redis did not start");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis did not start"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -168,7 +174,11 @@ fn pg_bin(tool: &str) -> PathBuf {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
     versions.sort();
-    versions.pop().expect("a PostgreSQL version").join("bin").join(tool)
+    versions
+        .pop()
+        .expect("a PostgreSQL version")
+        .join("bin")
+        .join(tool)
 }
 
 fn as_postgres(program: PathBuf, args: &[&str]) -> std::process::Output {
@@ -247,7 +257,14 @@ impl PrivatePostgres {
     pub fn down(&self) {
         let _ = as_postgres(
             pg_bin("pg_ctl"),
-            &["-D", self.dir.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+            &[
+                "-D",
+                self.dir.to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
         );
     }
 }
@@ -297,10 +314,7 @@ impl Node {
                 self.child = None;
                 return Some(status);
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "node did not exit"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "node did not exit");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }

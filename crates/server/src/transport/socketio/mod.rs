@@ -19,7 +19,7 @@ mod conn;
 mod echo;
 mod hub_app;
 mod polling;
-pub mod recovery;
+pub(crate) mod recovery;
 mod websocket;
 
 use std::collections::HashMap;
@@ -156,7 +156,7 @@ impl Engine {
     }
 
     /// [`Engine::for_hub`] with recovery stashes of its own (a cluster's, in Redis).
-    pub fn for_hub_with(
+    pub(crate) fn for_hub_with(
         hub: Hub,
         config: &Config,
         tracker: TaskTracker,
