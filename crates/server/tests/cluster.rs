@@ -856,3 +856,83 @@ async fn a_file_uploaded_on_one_node_is_downloaded_from_another() {
     assert_eq!(link.status(), 200);
     assert_eq!(link.bytes().await.unwrap().len(), bytes.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rtc_signals_and_offline_notifications_cross_nodes() {
+    let db = Database::create();
+    let cluster = Cluster::start(2, SHARED_REDIS, &db.url, ENV).await;
+    let (n1, n2) = (cluster.node(0), cluster.node(1));
+    let mut alice = Client::connect(&n1.ws(&token("alice"))).await;
+    let hello = alice.next_of("connected").await;
+    alice.client_id = hello["data"]["clientId"].as_str().unwrap().to_string();
+    alice.join("call").await;
+    let mut bob = Client::connect(&n2.ws(&token("bob"))).await;
+    let hello = bob.next_of("connected").await;
+    bob.client_id = hello["data"]["clientId"].as_str().unwrap().to_string();
+    bob.join("call").await;
+    // A signal to a peer on the other node, through the room they share.
+    alice
+        .request(
+            "rtc_offer",
+            json!({"targetPeerId": bob.client_id, "payload": {"sdp": "v=0"}}),
+        )
+        .await;
+    let offer = bob.next_of("rtc_offer").await;
+    assert_eq!(offer["data"]["senderPeerId"], alice.client_id.as_str());
+    assert_eq!(offer["data"]["payload"]["sdp"], "v=0");
+    // Nobody else gets it, and a peer in no shared room is not found.
+    let mut carol = member(&n2.ws(&token("carol")), "elsewhere").await;
+    carol
+        .request(
+            "rtc_offer",
+            json!({"targetPeerId": alice.client_id, "payload": {}}),
+        )
+        .await;
+    carol.expect_error("Target peer not found").await;
+    // Bob leaves (a member still); what Alice says meanwhile waits in his inbox, and
+    // reaches him when he comes back on the other node.
+    drop(bob);
+    common::eventually("bob is offline", || {
+        let url = n1.http("/api/users/bob");
+        async move {
+            let v: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token("alice"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["status"] == "offline"
+        }
+    })
+    .await;
+    alice
+        .send(json!({"type": "send_message", "ref": 1,
+                     "data": {"roomId": "call", "content": "call me"}}))
+        .await;
+    alice.next_of("ack").await;
+    // The entry is opened beside the publish: wait until it is there (the HTTP inbox
+    // is no device), then Bob comes back.
+    common::eventually("bob's entry is opened", || {
+        let url = n2.http("/api/notifications");
+        async move {
+            let v: Value = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token("bob"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["notifications"].as_array().is_some_and(|a| !a.is_empty())
+        }
+    })
+    .await;
+    let mut bob = Client::connect(&n1.ws(&token("bob"))).await;
+    let n = bob.next_of("notification").await;
+    assert_eq!(n["data"]["roomId"], "call");
+    assert_eq!(n["data"]["message"], "call me");
+}
