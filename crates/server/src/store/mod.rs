@@ -11,6 +11,7 @@ mod postgres;
 mod records;
 mod sqlite;
 mod users;
+mod writer;
 
 use std::sync::Arc;
 

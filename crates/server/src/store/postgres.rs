@@ -1,12 +1,13 @@
 //! The cluster's store: one PostgreSQL database shared by every node.
 //!
-//! Each node has its own writer task ([`writer`]), which commits batches (group
-//! commit) on a connection of its own, and a pool for reads. Unlike SQLite, many nodes
-//! write the same rooms at once, so offsets are given out by the database, never from
-//! what a node remembers: in its commit transaction, a batch bumps the head of each of
-//! its rooms in one statement that locks the rooms in sorted order (so two nodes'
-//! batches never wait on each other in a cycle), and takes the block
-//! `head - n + 1 ..= head` for its `n` messages of that room, in the batch's order.
+//! Each node has its own writer task (the stores' [`super::writer`], with its
+//! transactions in [`writer`]), which commits batches (group commit) on a connection of
+//! its own, and a pool for reads. Unlike SQLite, many nodes write the same rooms at
+//! once, so offsets are given out by the database, never from what a node remembers:
+//! in its commit transaction, a batch bumps the head of each of its rooms in one
+//! statement that locks the rooms in sorted order (so two nodes' batches never wait on
+//! each other in a cycle), and takes the block `head - n + 1 ..= head` for its `n`
+//! messages of that room, in the batch's order.
 //! The row lock on a room's head is held until the transaction ends, hence:
 //!
 //! - a room's offsets are unique and without gaps across all nodes: a transaction
@@ -52,7 +53,8 @@ use crate::position::{Position, new_epoch};
 mod users;
 mod writer;
 
-use writer::{Counters, Job, Writer};
+use super::writer::{Counters, Job, Writer};
+use writer::PostgresBackend;
 
 /// Drafts waiting for the writer before `append` makes senders wait.
 const QUEUE: usize = 16 * 1024;
@@ -284,16 +286,9 @@ impl PostgresStore {
         let health = Arc::new(Health::default());
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(QUEUE);
-        let w = Writer::new(
-            writes,
-            epoch.clone(),
-            commits,
-            health.clone(),
-            counters.clone(),
-            metrics,
-            opts.dedupe_window,
-        );
-        tokio::spawn(w.run(rx));
+        let backend =
+            PostgresBackend::new(writes, epoch.clone(), health.clone(), opts.dedupe_window);
+        tokio::spawn(Writer::new(backend, commits, counters.clone(), metrics).run(rx));
         tokio::spawn(probe(Arc::downgrade(&health), reads.clone()));
         Ok(PostgresStore {
             jobs: tx,
