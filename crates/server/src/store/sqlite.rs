@@ -23,10 +23,11 @@ use sqlx::{Connection, QueryBuilder, Row, SqlStr, Sqlite};
 use switchboard_protocol::{HistoryRange, now_millis};
 use tokio::sync::{mpsc, oneshot};
 
-use super::writer::{Backend, Counters, Job, Outcome, Work, Writer};
+use super::history::{self, HistorySql, PageFill};
+use super::writer::{Backend, Counters, Item, Job, Outcome, Work, Writer, duplicate_of, items};
 use super::{
-    CommitLog, Committed, Completion, DedupeKey, Draft, Gap, Page, PrivateRoute, Store, StoreError,
-    StoreStats, StoredMessage, WriteOp,
+    CommitLog, Committed, Completion, DedupeKey, Draft, Gap, Page, Store, StoreError, StoreStats,
+    StoredMessage, bind_offset,
 };
 use crate::metrics::Metrics;
 use crate::position::{Position, new_epoch};
@@ -114,10 +115,14 @@ fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// Offsets are u64 on the wire and i64 in SQLite; past i64 no room ever gets.
-fn bind_offset(offset: u64) -> i64 {
-    offset.min(i64::MAX as u64) as i64
-}
+/// History in SQLite's dialect.
+const HISTORY: HistorySql = HistorySql {
+    since: "SELECT seq, data FROM messages WHERE room = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
+    between: "SELECT seq, data FROM messages WHERE room = ? AND seq > ? AND seq < ? \
+              ORDER BY seq ASC LIMIT ?",
+    before: "SELECT seq, data FROM messages WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+    latest: "SELECT seq, data FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
+};
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/switchboard.db`, applies migrations and starts
@@ -249,57 +254,14 @@ impl Store for SqliteStore {
         max_bytes: usize,
     ) -> BoxFuture<'a, Result<Page, StoreError>> {
         async move {
-            let limit = i64::from(limit);
-            let q = match range {
-                HistoryRange::Since(after) => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = ? AND seq > ? \
-                     ORDER BY seq ASC LIMIT ?",
-                )
-                .bind(room)
-                .bind(bind_offset(after))
-                .bind(limit),
-                HistoryRange::Between { since, before } => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = ? AND seq > ? AND seq < ? \
-                     ORDER BY seq ASC LIMIT ?",
-                )
-                .bind(room)
-                .bind(bind_offset(since))
-                .bind(bind_offset(before))
-                .bind(limit),
-                HistoryRange::Before(before) => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = ? AND seq < ? \
-                     ORDER BY seq DESC LIMIT ?",
-                )
-                .bind(room)
-                .bind(bind_offset(before))
-                .bind(limit),
-                HistoryRange::Latest => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
-                )
-                .bind(room)
-                .bind(limit),
-            };
-            // Rows arrive one at a time; reading stops at the byte bound, so a page of
-            // large messages never sits in memory whole.
-            let mut rows = q.fetch(&self.reads);
-            let mut page = Page::default();
-            let mut bytes = 0usize;
+            let mut rows = history::query(&HISTORY, room, range, limit).fetch(&self.reads);
+            let mut page = PageFill::new(max_bytes);
             while let Some(row) = rows.try_next().await.map_err(unavailable)? {
-                let data: String = row.get(1);
-                if !page.messages.is_empty() && bytes + data.len() > max_bytes {
-                    page.truncated = true;
+                if !page.push(row.get::<i64, _>(0) as u64, row.get(1)) {
                     break;
                 }
-                bytes += data.len();
-                page.messages.push(StoredMessage {
-                    offset: row.get::<i64, _>(0) as u64,
-                    data,
-                });
             }
-            if matches!(range, HistoryRange::Before(_) | HistoryRange::Latest) {
-                page.messages.reverse();
-            }
-            Ok(page)
+            Ok(page.finish(range))
         }
         .boxed()
     }
@@ -405,24 +367,15 @@ impl Backend for SqliteBackend {
         let mut rows = Vec::with_capacity(work.len());
         let mut keys: Vec<(&DedupeKey, usize)> = Vec::new();
         let mut next: HashMap<Arc<str>, u64> = HashMap::new();
-        let mut i = 0;
-        while i < work.len() {
-            let w = &work[i];
-            i += 1;
-            let d = match w {
-                Work::Append(d) => d,
-                Work::Write(op @ WriteOp::UpsertUser { .. }) => {
-                    // A run of profiles goes in one statement.
-                    let mut run = vec![op];
-                    while let Some(Work::Write(next @ WriteOp::UpsertUser { .. })) = work.get(i) {
-                        run.push(next);
-                        i += 1;
-                    }
+        for item in items(work) {
+            let d = match item {
+                Item::Message(d) => d,
+                Item::Profiles(run) => {
                     let done = users::upsert_users(&mut tx, &run).await?;
                     out.extend(done.into_iter().map(Outcome::Write));
                     continue;
                 }
-                Work::Write(op) => {
+                Item::Write(op) => {
                     out.push(Outcome::Write(users::apply(&mut tx, op).await?));
                     continue;
                 }
@@ -480,18 +433,10 @@ impl Backend for SqliteBackend {
             let data = d
                 .payload(offset)
                 .map_err(|e| StoreError::Rejected(format!("encode: {e}")))?;
-            out.push(Outcome::Message(Committed {
-                id: d.id.clone(),
-                room: d.room.clone(),
-                position: Position::new(offset, self.epoch.clone()),
-                payload: data.clone().into(),
-                duplicate: false,
-                private: d.recipient.as_ref().map(|recipient| PrivateRoute {
-                    sender: d.sender.id.clone(),
-                    recipient: recipient.clone(),
-                    origin: d.origin.clone(),
-                }),
-            }));
+            out.push(Outcome::Message(d.committed(
+                Position::new(offset, self.epoch.clone()),
+                data.clone().into(),
+            )));
             rows.push(Row_ {
                 room: d.room.clone(),
                 offset,
@@ -574,16 +519,5 @@ impl Backend for SqliteBackend {
 
     async fn close(self) {
         let _ = self.conn.close_hard().await;
-    }
-}
-
-fn duplicate_of(original: &Committed) -> Committed {
-    Committed {
-        id: original.id.clone(),
-        room: original.room.clone(),
-        position: original.position.clone(),
-        payload: Default::default(),
-        duplicate: true,
-        private: None,
     }
 }

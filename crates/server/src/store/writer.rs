@@ -53,9 +53,50 @@ enum Waiter {
     Nobody,
 }
 
+/// An item of a batch as a database writes it.
+pub(super) enum Item<'a> {
+    Message(&'a Draft),
+    /// A run of profile upserts, which goes in one statement.
+    Profiles(Vec<&'a WriteOp>),
+    Write(&'a WriteOp),
+}
+
+/// The items of `work`, in order, with each run of profile upserts taken together.
+pub(super) fn items(work: &[Work]) -> impl Iterator<Item = Item<'_>> {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        let w = work.get(i)?;
+        i += 1;
+        Some(match w {
+            Work::Append(d) => Item::Message(d),
+            Work::Write(op @ WriteOp::UpsertUser { .. }) => {
+                let mut run = vec![op];
+                while let Some(Work::Write(next @ WriteOp::UpsertUser { .. })) = work.get(i) {
+                    run.push(next);
+                    i += 1;
+                }
+                Item::Profiles(run)
+            }
+            Work::Write(op) => Item::Write(op),
+        })
+    })
+}
+
 pub(super) enum Outcome {
     Message(Committed),
     Write(WriteOutcome),
+}
+
+/// A repeat of `original`'s idempotency key: nothing is stored, nothing published.
+pub(super) fn duplicate_of(original: &Committed) -> Committed {
+    Committed {
+        id: original.id.clone(),
+        room: original.room.clone(),
+        position: original.position.clone(),
+        payload: Default::default(),
+        duplicate: true,
+        private: None,
+    }
 }
 
 #[derive(Default)]

@@ -12,8 +12,8 @@ use switchboard_protocol::now_millis;
 
 use super::{Health, bind_offset, classify, users};
 use crate::position::Position;
-use crate::store::writer::{Backend, Outcome, Work};
-use crate::store::{Committed, DedupeKey, Draft, PrivateRoute, StoreError, WriteOp};
+use crate::store::writer::{Backend, Item, Outcome, Work, duplicate_of, items};
+use crate::store::{Committed, DedupeKey, Draft, StoreError};
 
 /// Rows per INSERT statement (each column is one array parameter).
 const ROWS_PER_INSERT: usize = 512;
@@ -103,24 +103,15 @@ impl PostgresBackend {
         let mut new_keys: HashMap<&DedupeKey, usize> = HashMap::new();
         // Messages per room: a BTreeMap, so rooms are bumped in one order.
         let mut per_room: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut i = 0;
-        while i < work.len() {
-            let w = &work[i];
-            i += 1;
-            let d = match w {
-                Work::Append(d) => d,
-                Work::Write(op @ WriteOp::UpsertUser { .. }) => {
-                    // A run of profiles goes in one statement.
-                    let mut run = vec![op];
-                    while let Some(Work::Write(next @ WriteOp::UpsertUser { .. })) = work.get(i) {
-                        run.push(next);
-                        i += 1;
-                    }
+        for item in items(work) {
+            let d = match item {
+                Item::Message(d) => d,
+                Item::Profiles(run) => {
                     let done = users::upsert_users(&mut tx, &run).await?;
                     slots.extend(done.into_iter().map(|o| Slot::Done(Outcome::Write(o))));
                     continue;
                 }
-                Work::Write(op) => {
+                Item::Write(op) => {
                     let done = users::apply(&mut tx, op).await?;
                     slots.push(Slot::Done(Outcome::Write(done)));
                     continue;
@@ -385,18 +376,7 @@ impl Rows {
             .map_err(|e| Failure::Refused(format!("encode: {e}")))?;
         let size = i32::try_from(data.len())
             .map_err(|_| Failure::Refused(format!("a payload of {} bytes", data.len())))?;
-        let committed = Committed {
-            id: d.id.clone(),
-            room: d.room.clone(),
-            position: Position::new(offset, epoch.clone()),
-            payload: data.clone().into(),
-            duplicate: false,
-            private: d.recipient.as_ref().map(|recipient| PrivateRoute {
-                sender: d.sender.id.clone(),
-                recipient: recipient.clone(),
-                origin: d.origin.clone(),
-            }),
-        };
+        let committed = d.committed(Position::new(offset, epoch.clone()), data.clone().into());
         self.rooms.push(d.room.clone());
         self.seqs.push(bind_offset(offset));
         self.sizes.push(size);
@@ -425,16 +405,5 @@ impl Rows {
             .await?;
         }
         Ok(())
-    }
-}
-
-fn duplicate_of(original: &Committed) -> Committed {
-    Committed {
-        id: original.id.clone(),
-        room: original.room.clone(),
-        position: original.position.clone(),
-        payload: Default::default(),
-        duplicate: true,
-        private: None,
     }
 }
