@@ -7,10 +7,12 @@
 //! acknowledges it: delivery order equals offset order, and the store never calls the
 //! broker. The trait assumes nothing of SQLite: PostgreSQL implements it the same way.
 
+mod history;
 mod postgres;
 mod records;
 mod sqlite;
 mod users;
+mod writer;
 
 use std::sync::Arc;
 
@@ -72,6 +74,22 @@ impl Draft {
                 timestamp: self.timestamp,
                 room_id: self.room.to_string(),
                 offset,
+            }),
+        }
+    }
+
+    /// The draft once stored at `position`, with its `payload`.
+    fn committed(&self, position: Position, payload: Frame) -> Committed {
+        Committed {
+            id: self.id.clone(),
+            room: self.room.clone(),
+            position,
+            payload,
+            duplicate: false,
+            private: self.recipient.as_ref().map(|recipient| PrivateRoute {
+                sender: self.sender.id.clone(),
+                recipient: recipient.clone(),
+                origin: self.origin.clone(),
             }),
         }
     }
@@ -239,6 +257,12 @@ pub trait Store: UserStore + Send + Sync + 'static {
 
     /// Counters since the store opened.
     fn stats(&self) -> StoreStats;
+}
+
+/// Offsets are u64 on the wire and i64 (BIGINT) in the databases; past i64 no room
+/// ever gets.
+fn bind_offset(offset: u64) -> i64 {
+    offset.min(i64::MAX as u64) as i64
 }
 
 /// How the writer has been batching.

@@ -1,12 +1,13 @@
 //! The cluster's store: one PostgreSQL database shared by every node.
 //!
-//! Each node has its own writer task ([`writer`]), which commits batches (group
-//! commit) on a connection of its own, and a pool for reads. Unlike SQLite, many nodes
-//! write the same rooms at once, so offsets are given out by the database, never from
-//! what a node remembers: in its commit transaction, a batch bumps the head of each of
-//! its rooms in one statement that locks the rooms in sorted order (so two nodes'
-//! batches never wait on each other in a cycle), and takes the block
-//! `head - n + 1 ..= head` for its `n` messages of that room, in the batch's order.
+//! Each node has its own writer task (the stores' [`super::writer`], with its
+//! transactions in [`writer`]), which commits batches (group commit) on a connection of
+//! its own, and a pool for reads. Unlike SQLite, many nodes write the same rooms at
+//! once, so offsets are given out by the database, never from what a node remembers:
+//! in its commit transaction, a batch bumps the head of each of its rooms in one
+//! statement that locks the rooms in sorted order (so two nodes' batches never wait on
+//! each other in a cycle), and takes the block `head - n + 1 ..= head` for its `n`
+//! messages of that room, in the batch's order.
 //! The row lock on a room's head is held until the transaction ends, hence:
 //!
 //! - a room's offsets are unique and without gaps across all nodes: a transaction
@@ -45,14 +46,16 @@ use sqlx::{Row, SqlStr};
 use switchboard_protocol::HistoryRange;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::{CommitLog, Gap, Page, Store, StoreError, StoreStats, StoredMessage};
+use super::history::{self, HistorySql, PageFill};
+use super::{CommitLog, Gap, Page, Store, StoreError, StoreStats, StoredMessage, bind_offset};
 use crate::metrics::Metrics;
 use crate::position::{Position, new_epoch};
 
 mod users;
 mod writer;
 
-use writer::{Counters, Job, Writer};
+use super::writer::{Counters, Job, Writer};
+use writer::PostgresBackend;
 
 /// Drafts waiting for the writer before `append` makes senders wait.
 const QUEUE: usize = 16 * 1024;
@@ -225,10 +228,16 @@ fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// Offsets are u64 on the wire and BIGINT in the database; past i64 no room ever gets.
-fn bind_offset(offset: u64) -> i64 {
-    offset.min(i64::MAX as u64) as i64
-}
+/// History in PostgreSQL's dialect.
+const HISTORY: HistorySql = HistorySql {
+    since: "SELECT seq, data FROM messages WHERE room = $1 AND seq > $2 \
+            ORDER BY seq ASC LIMIT $3",
+    between: "SELECT seq, data FROM messages WHERE room = $1 AND seq > $2 AND seq < $3 \
+              ORDER BY seq ASC LIMIT $4",
+    before: "SELECT seq, data FROM messages WHERE room = $1 AND seq < $2 \
+             ORDER BY seq DESC LIMIT $3",
+    latest: "SELECT seq, data FROM messages WHERE room = $1 ORDER BY seq DESC LIMIT $2",
+};
 
 impl PostgresStore {
     /// Connects to `opts.url`, applies migrations (one node at a time: sqlx holds an
@@ -284,16 +293,9 @@ impl PostgresStore {
         let health = Arc::new(Health::default());
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(QUEUE);
-        let w = Writer::new(
-            writes,
-            epoch.clone(),
-            commits,
-            health.clone(),
-            counters.clone(),
-            metrics,
-            opts.dedupe_window,
-        );
-        tokio::spawn(w.run(rx));
+        let backend =
+            PostgresBackend::new(writes, epoch.clone(), health.clone(), opts.dedupe_window);
+        tokio::spawn(Writer::new(backend, commits, counters.clone(), metrics).run(rx));
         tokio::spawn(probe(Arc::downgrade(&health), reads.clone()));
         Ok(PostgresStore {
             jobs: tx,
@@ -364,57 +366,14 @@ impl Store for PostgresStore {
         max_bytes: usize,
     ) -> BoxFuture<'a, Result<Page, StoreError>> {
         async move {
-            let limit = i64::from(limit);
-            let q = match range {
-                HistoryRange::Since(after) => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = $1 AND seq > $2 \
-                     ORDER BY seq ASC LIMIT $3",
-                )
-                .bind(room)
-                .bind(bind_offset(after))
-                .bind(limit),
-                HistoryRange::Between { since, before } => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = $1 AND seq > $2 AND seq < $3 \
-                     ORDER BY seq ASC LIMIT $4",
-                )
-                .bind(room)
-                .bind(bind_offset(since))
-                .bind(bind_offset(before))
-                .bind(limit),
-                HistoryRange::Before(before) => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = $1 AND seq < $2 \
-                     ORDER BY seq DESC LIMIT $3",
-                )
-                .bind(room)
-                .bind(bind_offset(before))
-                .bind(limit),
-                HistoryRange::Latest => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = $1 ORDER BY seq DESC LIMIT $2",
-                )
-                .bind(room)
-                .bind(limit),
-            };
-            // Rows arrive one at a time; reading stops at the byte bound, so a page of
-            // large messages never sits in memory whole.
-            let mut rows = q.fetch(&self.reads);
-            let mut page = Page::default();
-            let mut bytes = 0usize;
+            let mut rows = history::query(&HISTORY, room, range, limit).fetch(&self.reads);
+            let mut page = PageFill::new(max_bytes);
             while let Some(row) = self.reading(rows.try_next()).await? {
-                let data: String = row.get(1);
-                if !page.messages.is_empty() && bytes + data.len() > max_bytes {
-                    page.truncated = true;
+                if !page.push(row.get::<i64, _>(0) as u64, row.get(1)) {
                     break;
                 }
-                bytes += data.len();
-                page.messages.push(StoredMessage {
-                    offset: row.get::<i64, _>(0) as u64,
-                    data,
-                });
             }
-            if matches!(range, HistoryRange::Before(_) | HistoryRange::Latest) {
-                page.messages.reverse();
-            }
-            Ok(page)
+            Ok(page.finish(range))
         }
         .boxed()
     }

@@ -8,8 +8,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
@@ -24,29 +23,21 @@ use sqlx::{Connection, QueryBuilder, Row, SqlStr, Sqlite};
 use switchboard_protocol::{HistoryRange, now_millis};
 use tokio::sync::{mpsc, oneshot};
 
+use super::history::{self, HistorySql, PageFill};
+use super::writer::{Backend, Counters, Item, Job, Outcome, Work, Writer, duplicate_of, items};
 use super::{
-    Commit, CommitLog, Committed, Completion, DedupeKey, Draft, Gap, Page, PrivateRoute, Store,
-    StoreError, StoreStats, StoredMessage, WriteOp, WriteOutcome,
+    CommitLog, Committed, Completion, DedupeKey, Draft, Gap, Page, Store, StoreError, StoreStats,
+    StoredMessage, bind_offset,
 };
 use crate::metrics::Metrics;
 use crate::position::{Position, new_epoch};
 
-/// Most messages committed in one transaction.
-const MAX_BATCH: usize = 1024;
-/// How long a write nobody waits for may be held, to ride along with others (a storm
-/// of connects is a storm of profile upserts: each its own transaction would cost a
-/// sync of the disk each).
-const LATER_DELAY: Duration = Duration::from_millis(200);
-/// Held writes that make a batch on their own.
-const MAX_LATER: usize = 512;
 /// Rows per INSERT statement (6 parameters each, far below SQLite's limit).
 const ROWS_PER_INSERT: usize = 128;
 /// Rooms whose last offset the writer remembers (and readers may ask for).
 const MAX_CACHED_ROOMS: usize = 100_000;
 /// Drafts waiting for the writer before `append` makes senders wait.
 const QUEUE: usize = 16 * 1024;
-/// How often expired idempotency keys are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
 /// What the SQLite store needs from the config.
 #[derive(Debug, Clone)]
@@ -86,37 +77,6 @@ fn migrator() -> Migrator {
     ])
 }
 
-// Drafts travel by value: boxing them would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
-enum Job {
-    Append(Draft, Completion),
-    Write(WriteOp, Reply),
-    /// A write nobody waits for: held until the next batch, or `LATER_DELAY`.
-    Later(WriteOp),
-    Close(oneshot::Sender<()>),
-}
-
-/// Where a write's outcome goes; dropped unanswered, it reads as `Closed`.
-type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
-
-/// One item of a batch, and who hears how it went.
-#[allow(clippy::large_enum_variant)]
-enum Work {
-    Append(Draft),
-    Write(WriteOp),
-}
-
-enum Waiter {
-    Append(Completion),
-    Write(Reply),
-    Nobody,
-}
-
-enum Outcome {
-    Message(Committed),
-    Write(WriteOutcome),
-}
-
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     reads: SqlitePool,
@@ -142,12 +102,6 @@ struct Heads {
     generation: u64,
 }
 
-#[derive(Default)]
-struct Counters {
-    commits: AtomicU64,
-    messages: AtomicU64,
-}
-
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -161,10 +115,14 @@ fn classify(e: sqlx::Error) -> StoreError {
     }
 }
 
-/// Offsets are u64 on the wire and i64 in SQLite; past i64 no room ever gets.
-fn bind_offset(offset: u64) -> i64 {
-    offset.min(i64::MAX as u64) as i64
-}
+/// History in SQLite's dialect.
+const HISTORY: HistorySql = HistorySql {
+    since: "SELECT seq, data FROM messages WHERE room = ? AND seq > ? ORDER BY seq ASC LIMIT ?",
+    between: "SELECT seq, data FROM messages WHERE room = ? AND seq > ? AND seq < ? \
+              ORDER BY seq ASC LIMIT ?",
+    before: "SELECT seq, data FROM messages WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+    latest: "SELECT seq, data FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
+};
 
 impl SqliteStore {
     /// Opens (creating if needed) `dir/switchboard.db`, applies migrations and starts
@@ -228,18 +186,14 @@ impl SqliteStore {
                 .collect(),
             generation: 0,
         }));
-        let w = Writer {
+        let backend = SqliteBackend {
             conn: writer,
             epoch: epoch.clone(),
-            commits,
             last_offsets: HashMap::new(),
             heads: heads.clone(),
-            counters: counters.clone(),
-            metrics,
             dedupe_window_ms: opts.dedupe_window.as_millis() as u64,
-            pruned: Instant::now(),
         };
-        tokio::spawn(w.run(rx));
+        tokio::spawn(Writer::new(backend, commits, counters.clone(), metrics).run(rx));
         Ok(SqliteStore {
             jobs: tx,
             reads,
@@ -300,57 +254,14 @@ impl Store for SqliteStore {
         max_bytes: usize,
     ) -> BoxFuture<'a, Result<Page, StoreError>> {
         async move {
-            let limit = i64::from(limit);
-            let q = match range {
-                HistoryRange::Since(after) => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = ? AND seq > ? \
-                     ORDER BY seq ASC LIMIT ?",
-                )
-                .bind(room)
-                .bind(bind_offset(after))
-                .bind(limit),
-                HistoryRange::Between { since, before } => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = ? AND seq > ? AND seq < ? \
-                     ORDER BY seq ASC LIMIT ?",
-                )
-                .bind(room)
-                .bind(bind_offset(since))
-                .bind(bind_offset(before))
-                .bind(limit),
-                HistoryRange::Before(before) => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = ? AND seq < ? \
-                     ORDER BY seq DESC LIMIT ?",
-                )
-                .bind(room)
-                .bind(bind_offset(before))
-                .bind(limit),
-                HistoryRange::Latest => sqlx::query(
-                    "SELECT seq, data FROM messages WHERE room = ? ORDER BY seq DESC LIMIT ?",
-                )
-                .bind(room)
-                .bind(limit),
-            };
-            // Rows arrive one at a time; reading stops at the byte bound, so a page of
-            // large messages never sits in memory whole.
-            let mut rows = q.fetch(&self.reads);
-            let mut page = Page::default();
-            let mut bytes = 0usize;
+            let mut rows = history::query(&HISTORY, room, range, limit).fetch(&self.reads);
+            let mut page = PageFill::new(max_bytes);
             while let Some(row) = rows.try_next().await.map_err(unavailable)? {
-                let data: String = row.get(1);
-                if !page.messages.is_empty() && bytes + data.len() > max_bytes {
-                    page.truncated = true;
+                if !page.push(row.get::<i64, _>(0) as u64, row.get(1)) {
                     break;
                 }
-                bytes += data.len();
-                page.messages.push(StoredMessage {
-                    offset: row.get::<i64, _>(0) as u64,
-                    data,
-                });
             }
-            if matches!(range, HistoryRange::Before(_) | HistoryRange::Latest) {
-                page.messages.reverse();
-            }
-            Ok(page)
+            Ok(page.finish(range))
         }
         .boxed()
     }
@@ -422,24 +333,18 @@ impl Store for SqliteStore {
     }
 
     fn stats(&self) -> StoreStats {
-        StoreStats {
-            commits: self.counters.commits.load(Ordering::Relaxed),
-            messages: self.counters.messages.load(Ordering::Relaxed),
-        }
+        self.counters.stats()
     }
 }
 
-struct Writer {
+/// The writer's side of the file: its own connection, and the offsets it gives out.
+struct SqliteBackend {
     conn: SqliteConnection,
     epoch: Arc<str>,
-    commits: CommitLog,
     /// Last offset of each room written so far; a room not here is read from disk.
     last_offsets: HashMap<Arc<str>, u64>,
     heads: Arc<Mutex<Heads>>,
-    counters: Arc<Counters>,
-    metrics: Arc<Metrics>,
     dedupe_window_ms: u64,
-    pruned: Instant,
 }
 
 /// A row to insert.
@@ -451,136 +356,7 @@ struct Row_ {
     data: String,
 }
 
-impl Writer {
-    async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut jobs_buf = Vec::with_capacity(MAX_BATCH);
-        // Writes nobody waits for, and when the first of them came.
-        let mut later: Vec<WriteOp> = Vec::new();
-        let mut held_since: Option<tokio::time::Instant> = None;
-        loop {
-            let mut due = false;
-            let received = match held_since {
-                None => jobs.recv_many(&mut jobs_buf, MAX_BATCH).await,
-                // `recv_many` is cancel-safe: nothing is lost when the delay wins.
-                Some(since) => tokio::select! {
-                    n = jobs.recv_many(&mut jobs_buf, MAX_BATCH) => n,
-                    _ = tokio::time::sleep_until(since + LATER_DELAY) => {
-                        due = true;
-                        usize::MAX
-                    }
-                },
-            };
-            let mut closing = None;
-            for job in jobs_buf.drain(..) {
-                match job {
-                    Job::Append(d, done) => batch.push((Work::Append(d), Waiter::Append(done))),
-                    Job::Write(op, reply) => batch.push((Work::Write(op), Waiter::Write(reply))),
-                    Job::Later(op) => {
-                        held_since.get_or_insert_with(tokio::time::Instant::now);
-                        later.push(op);
-                    }
-                    Job::Close(tx) => closing = Some(tx),
-                }
-            }
-            // Every sender is gone (or closing): what is held is written first.
-            let ending = received == 0 || closing.is_some();
-            if !later.is_empty() && (due || ending || !batch.is_empty() || later.len() >= MAX_LATER)
-            {
-                // Held writes came before what is queued now: they go first.
-                let held = later.drain(..).map(|op| (Work::Write(op), Waiter::Nobody));
-                batch.splice(0..0, held);
-                held_since = None;
-            }
-            if !batch.is_empty() {
-                let outcomes = self.commit(&mut batch).await;
-                // The hub is gone (shutting down): dropping the outcomes answers every
-                // sender with `Closed`.
-                let _ = self.commits.send(outcomes).await;
-            }
-            if received == 0 {
-                return;
-            }
-            if self.pruned.elapsed() >= PRUNE_EVERY {
-                self.prune().await;
-            }
-            if let Some(tx) = closing {
-                // What is still queued behind the close is answered, not forgotten:
-                // each dropped job's completion says `Closed`.
-                jobs.close();
-                while jobs.try_recv().is_ok() {}
-                let _ = self.conn.close_hard().await;
-                let _ = tx.send(());
-                return;
-            }
-        }
-    }
-
-    /// Commits `batch` in one transaction. If that fails, each item is tried on its
-    /// own, so one bad row does not fail the messages it was batched with. Writes are
-    /// answered at once; messages' outcomes go back for the commit log, in order.
-    async fn commit(&mut self, batch: &mut Vec<(Work, Waiter)>) -> Vec<Commit> {
-        let (work, waiters): (Vec<Work>, Vec<Waiter>) = batch.drain(..).unzip();
-        let started = Instant::now();
-        let written = self.write(&work).await;
-        self.metrics
-            .store_commit_latency
-            .record(started.elapsed().as_secs_f64());
-        let results: Vec<Result<Outcome, StoreError>> = match written {
-            Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-            Err(e) if work.len() == 1 => vec![Err(e)],
-            Err(e) => {
-                tracing::warn!(error = %e, items = work.len(), "batch failed; committing its items one by one");
-                let mut results = Vec::with_capacity(work.len());
-                for w in &work {
-                    results.push(
-                        self.write(std::slice::from_ref(w))
-                            .await
-                            .map(|mut c| c.remove(0)),
-                    );
-                }
-                results
-            }
-        };
-        let stored = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Outcome::Message(c)) if !c.duplicate))
-            .count();
-        if stored > 0 {
-            self.metrics.store_batch_size.record(stored as f64);
-            self.metrics.messages_stored.increment(stored as u64);
-            self.counters
-                .messages
-                .fetch_add(stored as u64, Ordering::Relaxed);
-        }
-        let mut commits = Vec::with_capacity(results.len());
-        for (result, waiter) in results.into_iter().zip(waiters) {
-            if let Err(e) = &result {
-                tracing::error!(error = %e, "store write failed");
-            }
-            match waiter {
-                Waiter::Append(done) => {
-                    let result = result.and_then(|o| match o {
-                        Outcome::Message(c) => Ok(c),
-                        Outcome::Write(_) => Err(StoreError::Rejected("mismatched outcome".into())),
-                    });
-                    commits.push(Commit { result, done });
-                }
-                Waiter::Write(reply) => {
-                    let result = result.and_then(|o| match o {
-                        Outcome::Write(w) => Ok(w),
-                        Outcome::Message(_) => {
-                            Err(StoreError::Rejected("mismatched outcome".into()))
-                        }
-                    });
-                    let _ = reply.send(result);
-                }
-                Waiter::Nobody => {}
-            }
-        }
-        commits
-    }
-
+impl Backend for SqliteBackend {
     /// Writes `work` in one transaction, in order: a message gets the next offset of
     /// its room (a repeat of a recent idempotency key gets the original's outcome), a
     /// user-layer write is applied.
@@ -591,24 +367,15 @@ impl Writer {
         let mut rows = Vec::with_capacity(work.len());
         let mut keys: Vec<(&DedupeKey, usize)> = Vec::new();
         let mut next: HashMap<Arc<str>, u64> = HashMap::new();
-        let mut i = 0;
-        while i < work.len() {
-            let w = &work[i];
-            i += 1;
-            let d = match w {
-                Work::Append(d) => d,
-                Work::Write(op @ WriteOp::UpsertUser { .. }) => {
-                    // A run of profiles goes in one statement.
-                    let mut run = vec![op];
-                    while let Some(Work::Write(next @ WriteOp::UpsertUser { .. })) = work.get(i) {
-                        run.push(next);
-                        i += 1;
-                    }
+        for item in items(work) {
+            let d = match item {
+                Item::Message(d) => d,
+                Item::Profiles(run) => {
                     let done = users::upsert_users(&mut tx, &run).await?;
                     out.extend(done.into_iter().map(Outcome::Write));
                     continue;
                 }
-                Work::Write(op) => {
+                Item::Write(op) => {
                     out.push(Outcome::Write(users::apply(&mut tx, op).await?));
                     continue;
                 }
@@ -666,18 +433,10 @@ impl Writer {
             let data = d
                 .payload(offset)
                 .map_err(|e| StoreError::Rejected(format!("encode: {e}")))?;
-            out.push(Outcome::Message(Committed {
-                id: d.id.clone(),
-                room: d.room.clone(),
-                position: Position::new(offset, self.epoch.clone()),
-                payload: data.clone().into(),
-                duplicate: false,
-                private: d.recipient.as_ref().map(|recipient| PrivateRoute {
-                    sender: d.sender.id.clone(),
-                    recipient: recipient.clone(),
-                    origin: d.origin.clone(),
-                }),
-            }));
+            out.push(Outcome::Message(d.committed(
+                Position::new(offset, self.epoch.clone()),
+                data.clone().into(),
+            )));
             rows.push(Row_ {
                 room: d.room.clone(),
                 offset,
@@ -726,7 +485,6 @@ impl Writer {
             .map_err(classify)?;
         }
         tx.commit().await.map_err(unavailable)?;
-        self.counters.commits.fetch_add(1, Ordering::Relaxed);
         // A cache, not a registry: past this many rooms it starts over (offsets are
         // read back from disk), so memory does not grow with every room ever written.
         if self.last_offsets.len() + next.len() > MAX_CACHED_ROOMS {
@@ -749,7 +507,6 @@ impl Writer {
 
     /// Deletes idempotency keys older than the window.
     async fn prune(&mut self) {
-        self.pruned = Instant::now();
         let cutoff = now_millis().saturating_sub(self.dedupe_window_ms);
         if let Err(e) = sqlx::query("DELETE FROM dedupe WHERE ts < ?")
             .bind(cutoff as i64)
@@ -759,15 +516,8 @@ impl Writer {
             tracing::warn!(error = %e, "pruning idempotency keys failed");
         }
     }
-}
 
-fn duplicate_of(original: &Committed) -> Committed {
-    Committed {
-        id: original.id.clone(),
-        room: original.room.clone(),
-        position: original.position.clone(),
-        payload: Default::default(),
-        duplicate: true,
-        private: None,
+    async fn close(self) {
+        let _ = self.conn.close_hard().await;
     }
 }

@@ -13,8 +13,8 @@ use futures_util::future::BoxFuture;
 use sqlx::Row;
 use sqlx::postgres::{PgConnection, PgQueryResult, PgRow};
 
-use super::PostgresStore;
-use super::writer::{Failure, Job};
+use super::writer::Failure;
+use super::{Job, PostgresStore};
 use crate::store::users::InterestingUsers;
 use crate::store::{
     FileRecord, MemberRecord, NotificationRecord, PushRecord, StoreError, UserRecord, UserStore,

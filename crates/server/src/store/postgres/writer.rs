@@ -1,70 +1,25 @@
-//! A node's one writer: batches drafts and user-layer writes into transactions (group
-//! commit), takes each batch's offsets from the rooms' heads in the database, and
-//! hands the outcomes to the commit log in commit order.
+//! The PostgreSQL side of a node's writer: each batch's transaction, which takes the
+//! batch's offsets from the rooms' heads in the database, bounded in time, and noted in
+//! the store's health.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::postgres::{PgConnection, PgPool};
 use sqlx::{Connection, Row};
 use switchboard_protocol::now_millis;
-use tokio::sync::{mpsc, oneshot};
 
 use super::{Health, bind_offset, classify, users};
-use crate::metrics::Metrics;
 use crate::position::Position;
-use crate::store::{
-    Commit, CommitLog, Committed, Completion, DedupeKey, Draft, PrivateRoute, StoreError,
-    StoreStats, WriteOp, WriteOutcome,
-};
+use crate::store::writer::{Backend, Item, Outcome, Work, duplicate_of, items};
+use crate::store::{Committed, DedupeKey, Draft, StoreError};
 
-/// Most messages committed in one transaction.
-const MAX_BATCH: usize = 1024;
-/// How long a write nobody waits for may be held, to ride along with others (a storm
-/// of connects is a storm of profile upserts).
-const LATER_DELAY: Duration = Duration::from_millis(200);
-/// Held writes that make a batch on their own.
-const MAX_LATER: usize = 512;
 /// Rows per INSERT statement (each column is one array parameter).
 const ROWS_PER_INSERT: usize = 512;
-/// How often expired idempotency keys are deleted.
-const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// Longest a batch's transaction may take once it has its connection: past it the
 /// database is taken for unreachable (a network that drops packets answers nothing).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-// Drafts travel by value: boxing them would cost an allocation per message.
-#[allow(clippy::large_enum_variant)]
-pub(super) enum Job {
-    Append(Draft, Completion),
-    Write(WriteOp, Reply),
-    /// A write nobody waits for: held until the next batch, or `LATER_DELAY`.
-    Later(WriteOp),
-    Close(oneshot::Sender<()>),
-}
-
-/// Where a write's outcome goes; dropped unanswered, it reads as `Closed`.
-pub(super) type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
-
-/// One item of a batch, and who hears how it went.
-#[allow(clippy::large_enum_variant)]
-enum Work {
-    Append(Draft),
-    Write(WriteOp),
-}
-
-enum Waiter {
-    Append(Completion),
-    Write(Reply),
-    Nobody,
-}
-
-enum Outcome {
-    Message(Committed),
-    Write(WriteOutcome),
-}
 
 /// Why a batch's transaction failed (it is rolled back).
 pub(super) enum Failure {
@@ -83,31 +38,12 @@ impl From<sqlx::Error> for Failure {
     }
 }
 
-#[derive(Default)]
-pub(super) struct Counters {
-    commits: AtomicU64,
-    messages: AtomicU64,
-}
-
-impl Counters {
-    pub(super) fn stats(&self) -> StoreStats {
-        StoreStats {
-            commits: self.commits.load(Ordering::Relaxed),
-            messages: self.messages.load(Ordering::Relaxed),
-        }
-    }
-}
-
-pub(super) struct Writer {
+pub(super) struct PostgresBackend {
     /// A pool of one connection: it reconnects after a failure.
     pool: PgPool,
     epoch: Arc<str>,
-    commits: CommitLog,
     health: Arc<Health>,
-    counters: Arc<Counters>,
-    metrics: Arc<Metrics>,
     dedupe_window_ms: u64,
-    pruned: Instant,
 }
 
 /// What a batch's message becomes, before and after its room's offsets are known.
@@ -119,213 +55,24 @@ enum Slot<'a> {
     Repeat(usize),
 }
 
-impl Writer {
+impl PostgresBackend {
     pub(super) fn new(
         pool: PgPool,
         epoch: Arc<str>,
-        commits: CommitLog,
         health: Arc<Health>,
-        counters: Arc<Counters>,
-        metrics: Arc<Metrics>,
         dedupe_window: Duration,
-    ) -> Writer {
-        Writer {
+    ) -> PostgresBackend {
+        PostgresBackend {
             pool,
             epoch,
-            commits,
             health,
-            counters,
-            metrics,
             dedupe_window_ms: dedupe_window.as_millis() as u64,
-            pruned: Instant::now(),
-        }
-    }
-
-    pub(super) async fn run(mut self, mut jobs: mpsc::Receiver<Job>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        let mut jobs_buf = Vec::with_capacity(MAX_BATCH);
-        // Writes nobody waits for, and when the first of them came.
-        let mut later: Vec<WriteOp> = Vec::new();
-        let mut held_since: Option<tokio::time::Instant> = None;
-        loop {
-            let mut due = false;
-            let received = match held_since {
-                None => jobs.recv_many(&mut jobs_buf, MAX_BATCH).await,
-                // `recv_many` is cancel-safe: nothing is lost when the delay wins.
-                Some(since) => tokio::select! {
-                    n = jobs.recv_many(&mut jobs_buf, MAX_BATCH) => n,
-                    _ = tokio::time::sleep_until(since + LATER_DELAY) => {
-                        due = true;
-                        usize::MAX
-                    }
-                },
-            };
-            let mut closing = None;
-            for job in jobs_buf.drain(..) {
-                match job {
-                    Job::Append(d, done) => batch.push((Work::Append(d), Waiter::Append(done))),
-                    Job::Write(op, reply) => batch.push((Work::Write(op), Waiter::Write(reply))),
-                    Job::Later(op) => {
-                        held_since.get_or_insert_with(tokio::time::Instant::now);
-                        later.push(op);
-                    }
-                    Job::Close(tx) => closing = Some(tx),
-                }
-            }
-            // Every sender is gone (or closing): what is held is written first.
-            let ending = received == 0 || closing.is_some();
-            if !later.is_empty() && (due || ending || !batch.is_empty() || later.len() >= MAX_LATER)
-            {
-                // Held writes came before what is queued now: they go first.
-                let held = later.drain(..).map(|op| (Work::Write(op), Waiter::Nobody));
-                batch.splice(0..0, held);
-                held_since = None;
-            }
-            if !batch.is_empty() {
-                let outcomes = self.commit(&mut batch).await;
-                // The hub is gone (shutting down): dropping the outcomes answers every
-                // sender with `Closed`.
-                let _ = self.commits.send(outcomes).await;
-            }
-            if received == 0 {
-                self.pool.close().await;
-                return;
-            }
-            if self.pruned.elapsed() >= PRUNE_EVERY {
-                self.prune().await;
-            }
-            if let Some(tx) = closing {
-                // What is still queued behind the close is answered, not forgotten:
-                // each dropped job's completion says `Closed`.
-                jobs.close();
-                while jobs.try_recv().is_ok() {}
-                self.pool.close().await;
-                let _ = tx.send(());
-                return;
-            }
-        }
-    }
-
-    /// Commits `batch` in one transaction. If that fails for one of its items, each
-    /// item is tried on its own, so one bad row does not fail the messages it was
-    /// batched with; if the database is unreachable, every item is answered so at once.
-    /// Writes are answered here; messages' outcomes go back for the commit log, in
-    /// order.
-    async fn commit(&mut self, batch: &mut Vec<(Work, Waiter)>) -> Vec<Commit> {
-        let (work, waiters): (Vec<Work>, Vec<Waiter>) = batch.drain(..).unzip();
-        let results: Vec<Result<Outcome, StoreError>> = if !self.health.is_up() {
-            // Said once when it turned unhealthy; not again for every batch refused.
-            tracing::debug!(
-                items = work.len(),
-                "PostgreSQL is unreachable: batch refused"
-            );
-            let e = StoreError::Unavailable("PostgreSQL is unreachable".into());
-            work.iter().map(|_| Err(e.clone())).collect()
-        } else {
-            let started = Instant::now();
-            let written = self.attempt(&work).await;
-            self.metrics
-                .store_commit_latency
-                .record(started.elapsed().as_secs_f64());
-            match written {
-                Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-                Err(e) if work.len() == 1 || !self.health.is_up() => {
-                    tracing::error!(error = %e, items = work.len(), "store write failed");
-                    work.iter().map(|_| Err(e.clone())).collect()
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, items = work.len(), "batch failed; committing its items one by one");
-                    let mut results = Vec::with_capacity(work.len());
-                    for w in &work {
-                        let result = if self.health.is_up() {
-                            self.attempt(std::slice::from_ref(w))
-                                .await
-                                .map(|mut c| c.remove(0))
-                        } else {
-                            Err(StoreError::Unavailable("PostgreSQL is unreachable".into()))
-                        };
-                        if let Err(e) = &result {
-                            tracing::error!(error = %e, "store write failed");
-                        }
-                        results.push(result);
-                    }
-                    results
-                }
-            }
-        };
-        let stored = results
-            .iter()
-            .filter(|r| matches!(r, Ok(Outcome::Message(c)) if !c.duplicate))
-            .count();
-        if stored > 0 {
-            self.metrics.store_batch_size.record(stored as f64);
-            self.metrics.messages_stored.increment(stored as u64);
-            self.counters
-                .messages
-                .fetch_add(stored as u64, Ordering::Relaxed);
-        }
-        let mut commits = Vec::with_capacity(results.len());
-        for (result, waiter) in results.into_iter().zip(waiters) {
-            match waiter {
-                Waiter::Append(done) => {
-                    let result = result.and_then(|o| match o {
-                        Outcome::Message(c) => Ok(c),
-                        Outcome::Write(_) => Err(StoreError::Rejected("mismatched outcome".into())),
-                    });
-                    commits.push(Commit { result, done });
-                }
-                Waiter::Write(reply) => {
-                    let result = result.and_then(|o| match o {
-                        Outcome::Write(w) => Ok(w),
-                        Outcome::Message(_) => {
-                            Err(StoreError::Rejected("mismatched outcome".into()))
-                        }
-                    });
-                    let _ = reply.send(result);
-                }
-                Waiter::Nobody => {}
-            }
-        }
-        commits
-    }
-
-    /// Writes `work` in one transaction; once more if another node took one of its new
-    /// idempotency keys first (that node has committed by then, so this time the
-    /// repeat is found and answered as a duplicate).
-    async fn attempt(&mut self, work: &[Work]) -> Result<Vec<Outcome>, StoreError> {
-        let mut written = self.write(work).await;
-        if matches!(written, Err(Failure::Raced)) {
-            written = self.write(work).await;
-        }
-        match written {
-            Ok(outcomes) => {
-                self.health.up();
-                self.counters.commits.fetch_add(1, Ordering::Relaxed);
-                Ok(outcomes)
-            }
-            Err(Failure::Db(e)) => {
-                if super::connection_lost(&e) {
-                    self.health.lost(&e);
-                }
-                Err(classify(e))
-            }
-            Err(Failure::Refused(why)) => Err(StoreError::Rejected(why)),
-            Err(Failure::Raced) => Err(StoreError::Rejected(
-                "another node is storing a message with the same idempotency key".into(),
-            )),
-            Err(Failure::Timeout) => {
-                let e = StoreError::Unavailable(format!(
-                    "PostgreSQL did not answer within {WRITE_TIMEOUT:?}"
-                ));
-                self.health.lost(&e);
-                Err(e)
-            }
         }
     }
 
     /// One transaction on the writer's connection, bounded in time. A connection
     /// that timed out is closed, not reused: its state is unknown.
-    async fn write(&mut self, work: &[Work]) -> Result<Vec<Outcome>, Failure> {
+    async fn transaction(&mut self, work: &[Work]) -> Result<Vec<Outcome>, Failure> {
         let mut conn = self.pool.acquire().await?;
         let written = tokio::time::timeout(WRITE_TIMEOUT, self.write_on(&mut conn, work)).await;
         written.unwrap_or_else(|_| {
@@ -356,24 +103,15 @@ impl Writer {
         let mut new_keys: HashMap<&DedupeKey, usize> = HashMap::new();
         // Messages per room: a BTreeMap, so rooms are bumped in one order.
         let mut per_room: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut i = 0;
-        while i < work.len() {
-            let w = &work[i];
-            i += 1;
-            let d = match w {
-                Work::Append(d) => d,
-                Work::Write(op @ WriteOp::UpsertUser { .. }) => {
-                    // A run of profiles goes in one statement.
-                    let mut run = vec![op];
-                    while let Some(Work::Write(next @ WriteOp::UpsertUser { .. })) = work.get(i) {
-                        run.push(next);
-                        i += 1;
-                    }
+        for item in items(work) {
+            let d = match item {
+                Item::Message(d) => d,
+                Item::Profiles(run) => {
                     let done = users::upsert_users(&mut tx, &run).await?;
                     slots.extend(done.into_iter().map(|o| Slot::Done(Outcome::Write(o))));
                     continue;
                 }
-                Work::Write(op) => {
+                Item::Write(op) => {
                     let done = users::apply(&mut tx, op).await?;
                     slots.push(Slot::Done(Outcome::Write(done)));
                     continue;
@@ -478,10 +216,49 @@ impl Writer {
             })
             .collect())
     }
+}
+
+impl Backend for PostgresBackend {
+    /// Writes `work` in one transaction; once more if another node took one of its new
+    /// idempotency keys first (that node has committed by then, so this time the
+    /// repeat is found and answered as a duplicate).
+    async fn write(&mut self, work: &[Work]) -> Result<Vec<Outcome>, StoreError> {
+        let mut written = self.transaction(work).await;
+        if matches!(written, Err(Failure::Raced)) {
+            written = self.transaction(work).await;
+        }
+        match written {
+            Ok(outcomes) => {
+                self.health.up();
+                Ok(outcomes)
+            }
+            Err(Failure::Db(e)) => {
+                if super::connection_lost(&e) {
+                    self.health.lost(&e);
+                }
+                Err(classify(e))
+            }
+            Err(Failure::Refused(why)) => Err(StoreError::Rejected(why)),
+            Err(Failure::Raced) => Err(StoreError::Rejected(
+                "another node is storing a message with the same idempotency key".into(),
+            )),
+            Err(Failure::Timeout) => {
+                let e = StoreError::Unavailable(format!(
+                    "PostgreSQL did not answer within {WRITE_TIMEOUT:?}"
+                ));
+                self.health.lost(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// While the store is unhealthy, nothing is tried: the probe says when it is back.
+    fn unreachable(&self) -> Option<StoreError> {
+        (!self.health.is_up()).then(|| StoreError::Unavailable("PostgreSQL is unreachable".into()))
+    }
 
     /// Deletes idempotency keys older than the window (any node may; they agree).
     async fn prune(&mut self) {
-        self.pruned = Instant::now();
         if !self.health.is_up() {
             return;
         }
@@ -493,6 +270,10 @@ impl Writer {
         {
             tracing::warn!(error = %e, "pruning idempotency keys failed");
         }
+    }
+
+    async fn close(self) {
+        self.pool.close().await;
     }
 }
 
@@ -595,18 +376,7 @@ impl Rows {
             .map_err(|e| Failure::Refused(format!("encode: {e}")))?;
         let size = i32::try_from(data.len())
             .map_err(|_| Failure::Refused(format!("a payload of {} bytes", data.len())))?;
-        let committed = Committed {
-            id: d.id.clone(),
-            room: d.room.clone(),
-            position: Position::new(offset, epoch.clone()),
-            payload: data.clone().into(),
-            duplicate: false,
-            private: d.recipient.as_ref().map(|recipient| PrivateRoute {
-                sender: d.sender.id.clone(),
-                recipient: recipient.clone(),
-                origin: d.origin.clone(),
-            }),
-        };
+        let committed = d.committed(Position::new(offset, epoch.clone()), data.clone().into());
         self.rooms.push(d.room.clone());
         self.seqs.push(bind_offset(offset));
         self.sizes.push(size);
@@ -635,16 +405,5 @@ impl Rows {
             .await?;
         }
         Ok(())
-    }
-}
-
-fn duplicate_of(original: &Committed) -> Committed {
-    Committed {
-        id: original.id.clone(),
-        room: original.room.clone(),
-        position: original.position.clone(),
-        payload: Default::default(),
-        duplicate: true,
-        private: None,
     }
 }
