@@ -164,8 +164,9 @@ pub async fn run(
     let connections = open_all("publishers", publishers, target.concurrency, &bar, |i| {
         let room = &room;
         async move {
+            // Publisher i goes to server i (round robin), whatever its connection index.
             let mut ws = target
-                .connect(offset + i, &format!("bench-pub-{i}"), MEMBER_READ_BUFFER)
+                .connect_to(i, offset + i, &format!("bench-pub-{i}"), MEMBER_READ_BUFFER)
                 .await?;
             target.join(&mut ws, room).await?;
             Ok(ws)
