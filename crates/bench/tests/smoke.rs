@@ -134,6 +134,7 @@ fn fanout_options() -> FanoutOptions {
         window: 16,
         grace: 5.0,
         room: None,
+        phase_command: None,
     }
 }
 
@@ -231,6 +232,44 @@ async fn a_list_of_urls_spreads_the_connections() {
     assert!(r.sent > 0, "{r}");
     assert_eq!((r.loss.lost, r.dropped, r.errors), (0, 0, 0), "{r}");
     assert_eq!(r.publisher_echoes, r.sent);
+    server.stop().await;
+}
+
+/// `--phase-command` runs when everyone has joined and when everything has arrived; a
+/// failing one fails the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_runs_the_phase_command_at_both_ends() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("phases");
+    let opts = FanoutOptions {
+        subscribers: 5,
+        phase_command: Some(format!("echo >>'{}'", log.display())),
+        ..fanout_options()
+    };
+    let r = fanout::run(&server.target().await, &opts, false)
+        .await
+        .unwrap();
+    assert_eq!((r.loss.lost, r.errors), (0, 0), "{r}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "joined\nsettled\n");
+
+    let failing = FanoutOptions {
+        phase_command: Some("false".into()),
+        ..opts
+    };
+    let err = fanout::run(&server.target().await, &failing, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BenchError::PhaseCommand {
+                moment: "joined",
+                ..
+            }
+        ),
+        "{err}"
+    );
     server.stop().await;
 }
 
