@@ -59,7 +59,9 @@ def machine(loadavg=None):
     except OSError:
         pass
     commit = run("git", "rev-parse", "--short", "HEAD") or "unknown"
-    dirty = " with uncommitted changes" if run("git", "status", "--porcelain", "--untracked-files=no") else ""
+    # The doc this report writes into does not count.
+    dirty = " with uncommitted changes" if run("git", "status", "--porcelain", "--untracked-files=no",
+                                                "--", ".", ":!docs") else ""
     redis = re.search(r"v=(\S+)", run("redis-server", "--version"))
     pg = run("psql", "-w", "-X", "-Atc", "show server_version",
              os.environ.get("PG", "postgres://postgres@127.0.0.1:5432") + "/postgres")
