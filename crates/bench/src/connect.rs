@@ -38,7 +38,8 @@ pub struct ConnectOptions {
     pub hold: f64,
     /// PID of the server, for its memory. Default: the process listening on the URL's
     /// port, when the URL is a loopback address (needs permission to read its
-    /// /proc/<pid>/fd: same user or root).
+    /// /proc/<pid>/fd: same user or root). With several URLs no memory is read: it
+    /// would be one server's, for a share of the connections.
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
@@ -79,7 +80,7 @@ pub async fn run(
     let hold = seconds(opts.hold, "--hold")?;
     let total = opts.connections;
     let proto = target.proto();
-    let pid = opts.server_pid.or_else(|| local_server_pid(target.addr()));
+    let pid = server_pid(target, opts.server_pid)?;
     let rss_before = pid.and_then(process::rss_bytes);
 
     let stop = CancellationToken::new();
@@ -207,8 +208,20 @@ async fn hold_idle(ws: &mut Ws, proto: Proto, stop: &CancellationToken) -> bool 
     }
 }
 
+/// The PID whose memory to read: `given` (refused with several servers) or, for one
+/// server on this machine, found by its port; none with several servers.
+pub(crate) fn server_pid(target: &Target, given: Option<u32>) -> Result<Option<u32>, BenchError> {
+    if given.is_some() {
+        target.single_server("--server-pid")?;
+    }
+    Ok(match target.servers() {
+        1 => given.or_else(|| local_server_pid(target.addr())),
+        _ => None,
+    })
+}
+
 /// The server's PID found by its port, only for a server on this machine.
-pub(crate) fn local_server_pid(addr: SocketAddr) -> Option<u32> {
+fn local_server_pid(addr: SocketAddr) -> Option<u32> {
     let ip = addr.ip();
     (ip.is_loopback() || ip.is_unspecified())
         .then(|| process::pid_listening_on(addr.port()))

@@ -27,6 +27,11 @@ pub enum BenchError {
         expected: &'static str,
         frame: String,
     },
+    #[error("--phase-command at {moment} failed: {reason}")]
+    PhaseCommand {
+        moment: &'static str,
+        reason: String,
+    },
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),
     #[error("{failed} of {total} {role} could not be set up; first error: {first}")]

@@ -41,7 +41,7 @@ pub struct RoomsOptions {
     #[arg(long, default_value_t = 0.5)]
     pub settle: f64,
     /// PID of the server, for its memory (default: found by the URL's port on
-    /// loopback).
+    /// loopback; none with several URLs).
     #[arg(long)]
     pub server_pid: Option<u32>,
 }
@@ -98,9 +98,7 @@ pub async fn run(
     if opts.size == 0 {
         return Err(BenchError::Options("--size must be at least 1".into()));
     }
-    let pid = opts
-        .server_pid
-        .or_else(|| crate::connect::local_server_pid(target.addr()));
+    let pid = crate::connect::server_pid(target, opts.server_pid)?;
     let stop = CancellationToken::new();
     let _stop_on_return = stop.clone().drop_guard();
     let run_id = now_us();

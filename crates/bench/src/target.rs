@@ -79,7 +79,9 @@ pub struct TargetArgs {
     /// WebSocket URL of the server's endpoint (ws:// only). Native: `token=<JWT>` is
     /// appended to its query; default ws://127.0.0.1:8080/ws. With --proto socketio:
     /// `EIO=4&transport=websocket` is appended (unless the query has `EIO=`); default
-    /// ws://127.0.0.1:8080/socket.io/.
+    /// ws://127.0.0.1:8080/socket.io/. Several nodes of a cluster: a comma-separated
+    /// list; connections are spread over them round robin (connection i to URL
+    /// i % n; in fanout, subscriber i to URL i % n and publisher j to URL j % n).
     #[arg(long)]
     pub url: Option<String>,
     /// HS256 secret that signs the bench's tokens (claims sub, username, iat, exp;
@@ -130,13 +132,13 @@ impl TargetArgs {
     }
 }
 
-/// A resolved server address and the key that signs tokens for it.
+/// The resolved servers (one, or the nodes of a cluster) and the key that signs tokens
+/// for them.
 #[derive(Clone)]
 pub struct Target {
-    /// Native: the URL up to the token's value. Socket.IO: the whole URL.
-    base: String,
+    /// At least one; connections go to them round robin.
+    servers: Vec<Server>,
     proto: Proto,
-    addr: SocketAddr,
     key: EncodingKey,
     spread: bool,
     pub concurrency: usize,
@@ -151,12 +153,16 @@ struct Claims<'a> {
     exp: u64,
 }
 
-impl Target {
-    pub async fn resolve(args: &TargetArgs) -> Result<Target, BenchError> {
-        let url = args.url.as_deref().unwrap_or(match args.proto {
-            Proto::Native => NATIVE_URL,
-            Proto::SocketIo => SOCKETIO_URL,
-        });
+/// One server of a target.
+#[derive(Clone, Debug)]
+struct Server {
+    /// Native: the URL up to the token's value. Socket.IO: the whole URL.
+    base: String,
+    addr: SocketAddr,
+}
+
+impl Server {
+    async fn resolve(url: &str, proto: Proto) -> Result<Server, BenchError> {
         let bad = |reason: &str| BenchError::Url {
             url: url.to_string(),
             reason: reason.to_string(),
@@ -174,19 +180,38 @@ impl Target {
             .await?
             .next()
             .ok_or_else(|| bad("the host does not resolve"))?;
-        let timeout = Duration::try_from_secs_f64(args.connect_timeout).map_err(|_| {
-            BenchError::Options("--connect-timeout must be a positive number".into())
-        })?;
         let sep = if url.contains('?') { '&' } else { '?' };
-        let base = match args.proto {
+        let base = match proto {
             Proto::Native => format!("{url}{sep}token="),
             Proto::SocketIo if uri.query().is_some_and(|q| q.contains("EIO=")) => url.into(),
             Proto::SocketIo => format!("{url}{sep}{}", sio::QUERY),
         };
+        Ok(Server { base, addr })
+    }
+}
+
+impl Target {
+    pub async fn resolve(args: &TargetArgs) -> Result<Target, BenchError> {
+        let list = args.url.as_deref().unwrap_or(match args.proto {
+            Proto::Native => NATIVE_URL,
+            Proto::SocketIo => SOCKETIO_URL,
+        });
+        let mut servers = Vec::new();
+        for url in list.split(',').map(str::trim) {
+            if url.is_empty() {
+                return Err(BenchError::Url {
+                    url: list.to_string(),
+                    reason: "an empty URL in the list".into(),
+                });
+            }
+            servers.push(Server::resolve(url, args.proto).await?);
+        }
+        let timeout = Duration::try_from_secs_f64(args.connect_timeout).map_err(|_| {
+            BenchError::Options("--connect-timeout must be a positive number".into())
+        })?;
         Ok(Target {
-            base,
+            servers,
             proto: args.proto,
-            addr,
             key: EncodingKey::from_secret(args.jwt_secret.as_bytes()),
             spread: !args.no_spread,
             concurrency: args.connect_concurrency.max(1),
@@ -194,8 +219,30 @@ impl Target {
         })
     }
 
+    /// The address of the server, or of the first of several.
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.servers[0].addr
+    }
+
+    /// How many servers the connections are spread over.
+    pub fn servers(&self) -> usize {
+        self.servers.len()
+    }
+
+    /// Server `n` modulo their number: round robin.
+    fn server(&self, n: usize) -> &Server {
+        &self.servers[n % self.servers.len()]
+    }
+
+    /// Refuses a figure that only one server can give (its memory, found by `--server-pid`
+    /// or its port), when connections are spread over several.
+    pub fn single_server(&self, what: &str) -> Result<(), BenchError> {
+        match self.servers.len() {
+            1 => Ok(()),
+            n => Err(BenchError::Options(format!(
+                "{what} measures one server, and --url lists {n}"
+            ))),
+        }
     }
 
     pub fn proto(&self) -> Proto {
@@ -232,9 +279,9 @@ impl Target {
         )?)
     }
 
-    /// The source address of connection `index`, when spreading applies.
-    fn source(&self, index: usize) -> Option<SocketAddr> {
-        match self.addr.ip() {
+    /// The source address of connection `index` to `server`, when spreading applies.
+    fn source(&self, server: &Server, index: usize) -> Option<SocketAddr> {
+        match server.addr.ip() {
             IpAddr::V4(ip) if self.spread && ip.is_loopback() => {
                 let last = SPREAD_FIRST + (index % SPREAD_COUNT) as u8;
                 Some(SocketAddr::from((Ipv4Addr::new(127, 0, 0, last), 0)))
@@ -243,19 +290,31 @@ impl Target {
         }
     }
 
-    /// Opens connection `index` as `user` and reads its `connected` frame (Socket.IO:
-    /// the open packet, the CONNECT and its answer, then `connected`).
-    /// `read_buffer` is tungstenite's eagerly allocated read buffer: small for idle
-    /// connections (its default, 128 KiB, would be 2 GB at 15k connections).
+    /// Opens connection `index` as `user`, to server `index` modulo their number, and
+    /// reads its `connected` frame (Socket.IO: the open packet, the CONNECT and its
+    /// answer, then `connected`). `read_buffer` is tungstenite's eagerly allocated read
+    /// buffer: small for idle connections (its default, 128 KiB, would be 2 GB at 15k
+    /// connections).
     pub async fn connect(
         &self,
         index: usize,
         user: &str,
         read_buffer: usize,
     ) -> Result<Ws, BenchError> {
+        self.connect_to(index, index, user, read_buffer).await
+    }
+
+    /// [`Target::connect`] to server `server` modulo their number, whatever `index`.
+    pub async fn connect_to(
+        &self,
+        server: usize,
+        index: usize,
+        user: &str,
+        read_buffer: usize,
+    ) -> Result<Ws, BenchError> {
         tokio::time::timeout(
             self.connect_timeout,
-            self.handshake(index, user, read_buffer),
+            self.handshake(self.server(server), index, user, read_buffer),
         )
         .await
         .map_err(|_| BenchError::Timeout("the connection to open"))?
@@ -263,27 +322,28 @@ impl Target {
 
     async fn handshake(
         &self,
+        server: &Server,
         index: usize,
         user: &str,
         read_buffer: usize,
     ) -> Result<Ws, BenchError> {
         let token = self.token(user)?;
-        let socket = if self.addr.is_ipv4() {
+        let socket = if server.addr.is_ipv4() {
             TcpSocket::new_v4()?
         } else {
             TcpSocket::new_v6()?
         };
-        if let Some(source) = self.source(index) {
+        if let Some(source) = self.source(server, index) {
             bind_address_no_port(&socket);
             socket.bind(source)?;
         }
-        let stream = socket.connect(self.addr).await?;
+        let stream = socket.connect(server.addr).await?;
         // Latency is the measurement: no Nagle delay on small frames.
         stream.set_nodelay(true)?;
         let config = WebSocketConfig::default().read_buffer_size(read_buffer);
         let url = match self.proto {
-            Proto::Native => format!("{}{token}", self.base),
-            Proto::SocketIo => self.base.clone(),
+            Proto::Native => format!("{}{token}", server.base),
+            Proto::SocketIo => server.base.clone(),
         };
         let (mut ws, _) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await?;
@@ -441,22 +501,31 @@ mod tests {
         let t = Target::resolve(&TargetArgs::new("ws://127.0.0.1:9/ws", "s"))
             .await
             .unwrap();
-        assert_eq!(t.base, "ws://127.0.0.1:9/ws?token=");
-        assert_eq!(t.source(0), Some("127.0.0.2:0".parse().unwrap()));
-        assert_eq!(t.source(248), Some("127.0.0.250:0".parse().unwrap()));
-        assert_eq!(t.source(249), Some("127.0.0.2:0".parse().unwrap()));
+        assert_eq!(t.server(0).base, "ws://127.0.0.1:9/ws?token=");
+        assert_eq!(
+            t.source(t.server(0), 0),
+            Some("127.0.0.2:0".parse().unwrap())
+        );
+        assert_eq!(
+            t.source(t.server(0), 248),
+            Some("127.0.0.250:0".parse().unwrap())
+        );
+        assert_eq!(
+            t.source(t.server(0), 249),
+            Some("127.0.0.2:0".parse().unwrap())
+        );
 
         let t = Target::resolve(&TargetArgs::new("ws://127.0.0.1:9/ws?x=1", "s"))
             .await
             .unwrap();
-        assert_eq!(t.base, "ws://127.0.0.1:9/ws?x=1&token=");
+        assert_eq!(t.server(0).base, "ws://127.0.0.1:9/ws?x=1&token=");
 
         let sio = |url: &str| TargetArgs::new(url, "s").with_proto(Proto::SocketIo);
         let t = Target::resolve(&sio("ws://127.0.0.1:9/socket.io/"))
             .await
             .unwrap();
         assert_eq!(
-            t.base,
+            t.server(0).base,
             "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"
         );
         assert_eq!(t.proto(), Proto::SocketIo);
@@ -466,7 +535,7 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(
-            t.base,
+            t.server(0).base,
             "ws://127.0.0.1:9/socket.io/?EIO=4&transport=websocket"
         );
         let defaults = |proto| TargetArgs {
@@ -476,23 +545,86 @@ mod tests {
         };
         let t = Target::resolve(&defaults(Proto::SocketIo)).await.unwrap();
         assert_eq!(
-            t.base,
+            t.server(0).base,
             "ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket"
         );
         assert!(t.native_only("echo").is_err());
         let t = Target::resolve(&defaults(Proto::Native)).await.unwrap();
-        assert_eq!(t.base, "ws://127.0.0.1:8080/ws?token=");
+        assert_eq!(t.server(0).base, "ws://127.0.0.1:8080/ws?token=");
         assert!(t.native_only("echo").is_ok());
 
         let mut args = TargetArgs::new("ws://127.0.0.1:9/ws", "s");
         args.no_spread = true;
-        assert_eq!(Target::resolve(&args).await.unwrap().source(0), None);
+        let t = Target::resolve(&args).await.unwrap();
+        assert_eq!(t.source(t.server(0), 0), None);
 
         for bad in ["http://127.0.0.1/ws", "wss://127.0.0.1/ws", "nope"] {
             assert!(matches!(
                 Target::resolve(&TargetArgs::new(bad, "s")).await,
                 Err(BenchError::Url { .. })
             ));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_list_of_urls_is_served_round_robin() {
+        let t = Target::resolve(&TargetArgs::new(
+            "ws://127.0.0.1:9/ws,ws://127.0.0.1:10/ws?x=1, ws://127.0.0.1:11/ws",
+            "s",
+        ))
+        .await
+        .unwrap();
+        assert_eq!(t.servers(), 3);
+        assert!(t.single_server("--server-pid").is_err());
+        let bases: Vec<_> = (0..4).map(|i| t.server(i).base.as_str()).collect();
+        assert_eq!(
+            bases,
+            [
+                "ws://127.0.0.1:9/ws?token=",
+                "ws://127.0.0.1:10/ws?x=1&token=",
+                "ws://127.0.0.1:11/ws?token=",
+                "ws://127.0.0.1:9/ws?token=",
+            ]
+        );
+        let ports: Vec<_> = (0..7).map(|i| t.server(i).addr.port()).collect();
+        assert_eq!(ports, [9, 10, 11, 9, 10, 11, 9]);
+        assert_eq!(t.addr().port(), 9);
+        // Source addresses follow the connection, whichever server it goes to.
+        assert_eq!(t.source(t.server(1), 1), t.source(t.server(0), 1));
+
+        let t = Target::resolve(
+            &TargetArgs::new(
+                "ws://127.0.0.1:9/socket.io/,ws://127.0.0.1:10/socket.io/",
+                "s",
+            )
+            .with_proto(Proto::SocketIo),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            t.server(1).base,
+            "ws://127.0.0.1:10/socket.io/?EIO=4&transport=websocket"
+        );
+
+        let one = Target::resolve(&TargetArgs::new("ws://127.0.0.1:9/ws", "s"))
+            .await
+            .unwrap();
+        assert_eq!(one.servers(), 1);
+        assert!(one.single_server("--server-pid").is_ok());
+        assert_eq!(one.server(5).addr.port(), 9);
+
+        for bad in [
+            "ws://127.0.0.1:9/ws,",
+            "ws://127.0.0.1:9/ws,,ws://127.0.0.1:10/ws",
+            "ws://127.0.0.1:9/ws,http://127.0.0.1:10/ws",
+        ] {
+            assert!(
+                matches!(
+                    Target::resolve(&TargetArgs::new(bad, "s")).await,
+                    Err(BenchError::Url { .. })
+                ),
+                "{bad}"
+            );
         }
     }
 

@@ -134,6 +134,7 @@ fn fanout_options() -> FanoutOptions {
         window: 16,
         grace: 5.0,
         room: None,
+        phase_command: None,
     }
 }
 
@@ -187,6 +188,88 @@ async fn fanout_max_keeps_a_window_and_loses_nothing() {
     assert_eq!(r.loss.delivered, r.sent * 10);
     assert_eq!((r.target_rate, r.window), (None, Some(4)));
     assert!(r.latency.is_some());
+    server.stop().await;
+}
+
+/// Connections go round robin over a list of URLs: with the second server gone, every
+/// other connection fails; and the memory of one server is not passed off as the run's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_of_urls_spreads_the_connections() {
+    let server = TestServer::start().await;
+    let gone = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let urls = format!("{},ws://{gone}/ws", server.url());
+    let mut args = TargetArgs::new(urls, SECRET);
+    args.connect_timeout = 2.0;
+    let target = Target::resolve(&args).await.unwrap();
+    let opts = ConnectOptions {
+        connections: 10,
+        hold: 0.0,
+        server_pid: None,
+    };
+    let r = connect::run(&target, &opts, false).await.unwrap();
+    assert_eq!((r.opened, r.failed), (5, 5), "{r}");
+    assert_eq!((r.server_pid, r.rss_per_connection_bytes), (None, None));
+    let with_pid = ConnectOptions {
+        server_pid: Some(std::process::id()),
+        ..opts
+    };
+    assert!(matches!(
+        connect::run(&target, &with_pid, false).await,
+        Err(BenchError::Options(_))
+    ));
+
+    // The same server twice: a fan-out over the list delivers everything.
+    let twice = format!("{},{}", server.url(), server.url());
+    let target = Target::resolve(&TargetArgs::new(twice, SECRET))
+        .await
+        .unwrap();
+    let r = fanout::run(&target, &fanout_options(), false)
+        .await
+        .unwrap();
+    assert!(r.sent > 0, "{r}");
+    assert_eq!((r.loss.lost, r.dropped, r.errors), (0, 0, 0), "{r}");
+    assert_eq!(r.publisher_echoes, r.sent);
+    server.stop().await;
+}
+
+/// `--phase-command` runs when everyone has joined and when everything has arrived; a
+/// failing one fails the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_runs_the_phase_command_at_both_ends() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("phases");
+    let opts = FanoutOptions {
+        subscribers: 5,
+        phase_command: Some(format!("echo >>'{}'", log.display())),
+        ..fanout_options()
+    };
+    let r = fanout::run(&server.target().await, &opts, false)
+        .await
+        .unwrap();
+    assert_eq!((r.loss.lost, r.errors), (0, 0), "{r}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "joined\nsettled\n");
+
+    let failing = FanoutOptions {
+        phase_command: Some("false".into()),
+        ..opts
+    };
+    let err = fanout::run(&server.target().await, &failing, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BenchError::PhaseCommand {
+                moment: "joined",
+                ..
+            }
+        ),
+        "{err}"
+    );
     server.stop().await;
 }
 

@@ -14,6 +14,7 @@
 mod members;
 
 use std::fmt;
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -68,6 +69,13 @@ pub struct FanoutOptions {
     /// messages are counted.
     #[arg(long)]
     pub room: Option<String>,
+    /// Shell command run twice, with the moment as its last argument: `joined` once
+    /// every member is in the room (publishing starts when it exits), `settled` once
+    /// everything arrived or the grace ran out, before the connections close. For a
+    /// script that cuts other figures (a server's counters, Redis's INFO) to the run.
+    /// Its stdout is discarded; a non-zero exit fails the run.
+    #[arg(long, value_name = "CMD")]
+    pub phase_command: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -164,8 +172,9 @@ pub async fn run(
     let connections = open_all("publishers", publishers, target.concurrency, &bar, |i| {
         let room = &room;
         async move {
+            // Publisher i goes to server i (round robin), whatever its connection index.
             let mut ws = target
-                .connect(offset + i, &format!("bench-pub-{i}"), MEMBER_READ_BUFFER)
+                .connect_to(i, offset + i, &format!("bench-pub-{i}"), MEMBER_READ_BUFFER)
                 .await?;
             target.join(&mut ws, room).await?;
             Ok(ws)
@@ -173,6 +182,7 @@ pub async fn run(
     })
     .await?;
     bar.finish_and_clear();
+    phase(opts, "joined").await?;
 
     let started = Instant::now();
     let start_us = now_us();
@@ -233,6 +243,7 @@ pub async fn run(
         tokio::time::sleep(GRACE_POLL).await;
     }
     bar.finish_and_clear();
+    phase(opts, "settled").await?;
     stop.cancel();
 
     let mut tally = Tally::new(publishers);
@@ -274,6 +285,30 @@ pub async fn run(
         dropped,
         first_error,
     })
+}
+
+/// Runs `--phase-command` for `moment`, if there is one, and waits for it.
+async fn phase(opts: &FanoutOptions, moment: &'static str) -> Result<(), BenchError> {
+    let Some(command) = &opts.phase_command else {
+        return Ok(());
+    };
+    let failed = |reason: String| BenchError::PhaseCommand { moment, reason };
+    // The moment goes in as "$1": nothing to quote, whatever the command.
+    let status = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{command} \"$1\""))
+        .arg("sh")
+        .arg(moment)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(failed(status.to_string()))
+    }
 }
 
 impl fmt::Display for FanoutReport {
