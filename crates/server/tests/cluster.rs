@@ -110,15 +110,7 @@ async fn history(base: &str, room: &str, user: &str) -> BTreeMap<u64, String> {
     let mut since = 0;
     loop {
         let url = format!("{base}/api/rooms/{room}/messages?since={since}&limit=100");
-        let page: Value = reqwest::Client::new()
-            .get(url)
-            .bearer_auth(token(user))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_as(url, user).await;
         let msgs = page["messages"].as_array().unwrap().clone();
         if msgs.is_empty() {
             return out;
@@ -129,6 +121,19 @@ async fn history(base: &str, room: &str, user: &str) -> BTreeMap<u64, String> {
             since = offset;
         }
     }
+}
+
+/// GETs `url` as `user` (a bearer token) and returns the JSON body.
+async fn get_as(url: String, user: &str) -> Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token(user))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Every acknowledged message is in `history` exactly once, at its offset, and the
@@ -689,21 +694,7 @@ async fn a_user_on_two_nodes_stays_online_when_one_dies_and_goes_offline_when_bo
     cluster.nodes[2].signal("-KILL");
     cluster.nodes[2].wait_exit().await;
     drop(laptop);
-    let status = |c: &Cluster| {
-        let url = c.node(0).http("/api/users/alice");
-        async move {
-            let v: Value = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(token("bob"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v
-        }
-    };
+    let status = |c: &Cluster| get_as(c.node(0).http("/api/users/alice"), "bob");
     // Past the presence expiry (5 s) and a reap or two, she is still online, and Bob
     // heard nothing.
     bob.expect_silence(7000).await;
@@ -892,20 +883,8 @@ async fn rtc_signals_and_offline_notifications_cross_nodes() {
     // Bob leaves (a member still); what Alice says meanwhile waits in his inbox, and
     // reaches him when he comes back on the other node.
     drop(bob);
-    common::eventually("bob is offline", || {
-        let url = n1.http("/api/users/bob");
-        async move {
-            let v: Value = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(token("alice"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["status"] == "offline"
-        }
+    common::eventually("bob is offline", || async {
+        get_as(n1.http("/api/users/bob"), "alice").await["status"] == "offline"
     })
     .await;
     alice
@@ -915,20 +894,11 @@ async fn rtc_signals_and_offline_notifications_cross_nodes() {
     alice.next_of("ack").await;
     // The entry is opened beside the publish: wait until it is there (the HTTP inbox
     // is no device), then Bob comes back.
-    common::eventually("bob's entry is opened", || {
-        let url = n2.http("/api/notifications");
-        async move {
-            let v: Value = reqwest::Client::new()
-                .get(url)
-                .bearer_auth(token("bob"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["notifications"].as_array().is_some_and(|a| !a.is_empty())
-        }
+    common::eventually("bob's entry is opened", || async {
+        let inbox = get_as(n2.http("/api/notifications"), "bob").await;
+        inbox["notifications"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty())
     })
     .await;
     let mut bob = Client::connect(&n1.ws(&token("bob"))).await;
