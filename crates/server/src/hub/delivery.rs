@@ -48,6 +48,9 @@ pub const GAP_WAIT: Duration = Duration::from_millis(100);
 const START_WAIT: Duration = Duration::from_secs(1);
 /// Messages a line holds before it fills its gap from the store at once.
 const MAX_HELD: usize = 1024;
+/// How long a line keeps trying to fill a gap while the store fails to answer (it is
+/// down, say) before it goes on without the missing offsets.
+const FILL_GIVE_UP: Duration = Duration::from_secs(30);
 /// A conversation line idle this long is forgotten (it starts again at its next
 /// message).
 const LINE_IDLE: Duration = Duration::from_secs(300);
@@ -243,6 +246,11 @@ struct Line {
     waiting: Option<Instant>,
     epoch: Option<Arc<str>>,
     touched: Instant,
+    /// An offset the line must reach (the store's head at a resubscription) though
+    /// nothing after it is held.
+    catch_up: u64,
+    /// Since when the store fails to fill this line's gap.
+    failing: Option<Instant>,
 }
 
 impl Line {
@@ -256,6 +264,8 @@ impl Line {
             waiting: None,
             epoch: None,
             touched: Instant::now(),
+            catch_up: 0,
+            failing: None,
         }
     }
 
@@ -410,6 +420,7 @@ impl Lines {
                 line.floor = line.next;
                 line.drain(out);
             } else if head.offset >= line.next {
+                line.catch_up = line.catch_up.max(head.offset);
                 self.fill_to(room, history, head.offset, out).await;
             }
         }
@@ -489,9 +500,10 @@ impl Lines {
                     None => return,
                 },
             };
-            match line.held.keys().next() {
-                Some(first) => first - 1,
-                None => return,
+            let before_held = line.held.keys().next().map(|first| first - 1);
+            match before_held.unwrap_or(0).max(line.catch_up) {
+                0 => return,
+                upto => upto,
             }
         };
         let history = history.filter(|h| *h != room).cloned();
@@ -532,6 +544,7 @@ impl Lines {
             };
             let mut missed = store.replay(&line.history, line.next - 1, upto);
             let mut filled = 0u64;
+            let mut failed = false;
             while let Some(m) = missed.next().await {
                 match m {
                     Ok(m) => {
@@ -546,19 +559,34 @@ impl Lines {
                         filled += 1;
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, room = %line.history, "filling a gap from the store failed");
+                        tracing::warn!(error = %e, room = %line.history, "filling a gap from the store failed");
+                        failed = true;
                         break;
                     }
                 }
             }
             drop(missed);
             if line.next <= upto {
-                // The store could not give them: go on without, rather than stall.
+                let now = Instant::now();
+                let since = *line.failing.get_or_insert(now);
+                if failed && now - since < FILL_GIVE_UP && line.held.len() < MAX_HELD {
+                    // The store is out of reach for now (the missing offsets are in it):
+                    // hold on and ask again after the gap wait.
+                    line.waiting = Some(now);
+                    metrics.gap_filled.increment(filled);
+                    return;
+                }
+                // The store does not have them, or never answered: go on without
+                // rather than stall the room.
                 tracing::error!(room = %line.history, from = line.next, to = upto, "offsets skipped");
                 line.next = upto + 1;
             }
+            line.failing = None;
             metrics.gap_filled.increment(filled);
             tracing::debug!(room = %line.history, filled, "gap filled from the store");
+        }
+        if line.catch_up < line.next {
+            line.catch_up = 0;
         }
         line.waiting = None;
         line.drain(out);
